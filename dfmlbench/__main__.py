@@ -1,0 +1,3 @@
+from dfmlbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Fast-weight adaptation with `torch.func`: plain SGD on a parameter dict, no module copies.
+
+Written with `torch.func.grad` so the same code runs inside `vmap` (many episodes at once)
+and composes for second-order meta-gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+
+def parameters_of(model: nn.Module) -> Params:
+    """The model's learnable parameters as a detached dict (the starting point of adaptation)."""
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(model, params, (x,))
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[Params], torch.Tensor]:
+    return lambda params: F.cross_entropy(forward(model, params, x), y)
+
+
+def sgd_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+              steps: int, lr: float) -> Params:
+    """`steps` plain SGD steps (no momentum, no weight decay) on CE over the support, all parameters."""
+    grad_fn = torch.func.grad(cross_entropy_loss(model, x, y))
+    for _ in range(steps):
+        grads = grad_fn(params)
+        params = {name: p - lr * grads[name] for name, p in params.items()}
+    return params

@@ -1,0 +1,43 @@
+"""Conv4: four [Conv3x3(32, bias) -> BN -> ReLU -> MaxPool2] blocks and a linear head (free.md §1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True),
+        nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
+        nn.ReLU(inplace=False),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """The meta-learner and teacher backbone of every DFML codebase.
+
+    With `track_running_stats=False` BN always normalises with the current batch, as the
+    official "MAML-mode" models do at meta-train and meta-test (transductive BN).
+    """
+
+    def __init__(self, num_classes: int = 5, image_size: int = 32, in_channels: int = 3,
+                 width: int = 32, track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_block(in_channels, width, track_running_stats),
+            *(conv_block(width, width, track_running_stats) for _ in range(3)),
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2  # MaxPool2d floors: 84 -> 42 -> 21 -> 10 -> 5
+        if side < 1:
+            raise ValueError(f"Conv4 needs images of at least 16 px, got {image_size}")
+        self.classifier = nn.Linear(width * side * side, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
