@@ -1,0 +1,119 @@
+"""`python -m dfmlbench run|list|compare`. Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from dfmlbench.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see: python -m dfmlbench {self.prog.split()[-1]} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dfmlbench", description="Benchmark harness for data-free meta-learning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a suite's cells (method x dataset x shot x seed)")
+    run.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
+    run.add_argument("--method", action="append", metavar="NAME",
+                     help="run only this method (repeatable); default: the suite's methods")
+    run.add_argument("--profile", help="paper, cpu or smoke (default: the suite's default_profile)")
+    run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting, e.g. --set protocol.test_episodes=100 (repeatable)")
+    run.add_argument("--out", default="runs", help="records folder (default: ./runs)")
+    run.add_argument("--device", help="auto, cpu or cuda[:N] (default: auto)")
+    run.add_argument("--data-root", help="folder holding dataset files (else $DFMLBENCH_DATA, ../shared/data)")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have a record")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    lister = sub.add_parser("list", help="list methods, suites or datasets")
+    lister.add_argument("what", nargs="?", default="methods", choices=["methods", "suites", "datasets"])
+
+    compare = sub.add_parser("compare", help="paired test of two records on the same episodes")
+    compare.add_argument("records", nargs=2, type=Path, metavar="RECORD.json")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dfmlbench.config import load_suite, parse_assignment, resolve
+    from dfmlbench.runner import expand_cells, run_cells, summary_table
+
+    assignments = [parse_assignment(a) for a in args.assignments]
+    if args.device:
+        assignments.append(("runtime.device", args.device))
+    if args.data_root:
+        assignments.append(("runtime.data_root", args.data_root))
+    suite = load_suite(args.suite)
+    config = resolve(suite, args.profile, assignments)
+    cells = expand_cells(config, args.method)
+    print(f"suite {suite.name} (profile {config['profile']}): {len(cells)} cell(s) -> {args.out}")
+    outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
+    print(summary_table(outcomes))
+    ran = sum(o.status == "ran" for o in outcomes)
+    recorded = sum(o.status == "recorded" for o in outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{ran} cell(s) run, {recorded} already recorded, {len(failed)} failed; records under {args.out}")
+    for o in failed:
+        print(f"failed: {o.cell.label}: {o.record['error']} (traceback in {o.path})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from dfmlbench.methods import METHODS
+        entries = [(e.name, e.summary) for e in METHODS]
+    elif args.what == "datasets":
+        from dfmlbench.data import DATASETS
+        entries = [(e.name, e.summary) for e in DATASETS]
+    else:
+        from dfmlbench.config import load_suite, suite_names
+        entries = [(n, load_suite(n).description) for n in suite_names()]
+    width = max(len(name) for name, _ in entries)
+    for name, summary in entries:
+        print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from dfmlbench.records import load_per_episode
+    from dfmlbench.stats import paired_test
+
+    records = []
+    for path in args.records:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read record {path}: {exc}") from None
+        if records[-1].get("status") != "ok":
+            raise UserError(f"{path} is not a finished record (status {records[-1].get('status')})")
+    a, b = records
+    if a["test_episodes"]["sha"] != b["test_episodes"]["sha"]:
+        raise UserError("the two records were tested on different episodes; a paired test needs the same ones")
+    test = paired_test(load_per_episode(args.records[0]), load_per_episode(args.records[1]))
+    print(f"{a['method']}: {a['accuracy']['mean']:.2f} ± {a['accuracy']['ci95']:.2f}   "
+          f"{b['method']}: {b['accuracy']['mean']:.2f} ± {b['accuracy']['ci95']:.2f}")
+    print(f"difference {test.mean_difference:+.2f} ± {test.ci95:.2f} points over {test.n} paired episodes; "
+          f"paired t-test p = {test.p_value:.3g}, Wilcoxon p = {test.wilcoxon_p:.3g}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare}[args.command]
+        return handler(args)
+    except UserError as exc:
+        print(f"dfmlbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dfmlbench: interrupted; finished cells are recorded, rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,184 @@
+"""Suites (YAML package data), profiles and `--set` overrides, resolved into per-cell configs.
+
+Priority, lowest first: package defaults < suite file < profile < `--set key=value`.
+Every key a suite or `--set` names must exist in the defaults (typos fail loudly), except the
+free-form per-method settings under `method_settings.<method>.<key>` and `method.<key>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfmlbench.errors import UserError
+from dfmlbench.paths import PACKAGE_DIR
+from dfmlbench.registry import did_you_mean
+
+SUITES_DIR = PACKAGE_DIR / "suites"
+LIST_KEYS = ("methods", "datasets", "shots", "seeds")
+
+DEFAULTS: dict[str, Any] = {
+    "methods": [],
+    "datasets": ["glyphs"],
+    "shots": [1, 5],
+    "seeds": [0],
+    "protocol": {
+        "way": 5,
+        "query": 15,
+        "test_episodes": 600,
+        "val_episodes": 100,
+        "steps": 10,  # meta-test SGD steps on all parameters
+        "lr": 0.01,
+        "episode_seed": 0,  # the fixed test/val episodes; the same for every method and seed
+    },
+    "pool": {"arch": "conv4", "num_teachers": 100, "way": 5, "epochs": 60, "batch_size": 128,
+             "lr": 0.01, "clip": 50.0, "select": "best", "seed": 0, "path": None},
+    "learner": {"arch": "conv4"},
+    "method_settings": {},  # method name -> {setting: value}
+    # Settings that change speed or location, never results: left out of the config hash.
+    "runtime": {"device": "auto", "eval_chunk": 50, "data_root": None},
+}
+SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper")
+
+
+@dataclass
+class Suite:
+    name: str
+    version: int
+    description: str
+    default_profile: str
+    profiles: dict[str, dict[str, Any]]
+    body: dict[str, Any]  # the suite's own settings, merged onto DEFAULTS at resolve time
+    path: Path
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: malformed YAML{where}: {problem}; fix the file") from None
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or any suite file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        if name_or_path not in suite_names():
+            raise UserError(f"unknown suite '{name_or_path}': {did_you_mean(name_or_path, suite_names())}")
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a suite must be a YAML mapping of settings")
+    body = {k: v for k, v in raw.items() if k not in SUITE_META_KEYS}
+    _check_keys(body, DEFAULTS, str(path))
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) or v is None for v in profiles.values()):
+        raise UserError(f"{path}: 'profiles' must map profile names to mappings of dotted overrides")
+    profiles = {name: dict(over or {}) for name, over in profiles.items()}
+    for name, overrides in profiles.items():
+        for key in overrides:
+            _check_dotted(key, f"{path} profile '{name}'")
+    default_profile = raw.get("default_profile", "paper")
+    if profiles and default_profile not in profiles:
+        raise UserError(f"{path}: default_profile '{default_profile}' is not among its profiles")
+    return Suite(str(raw.get("suite", path.stem)), int(raw.get("version", 1)),
+                 str(raw.get("description", "")), default_profile, profiles, body, path)
+
+
+def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in body.items():
+        if key not in reference:
+            raise UserError(f"{where}: unknown setting '{prefix}{key}': {did_you_mean(key, list(reference))}")
+        if isinstance(reference[key], dict) and key != "method_settings" and prefix + key != "method_settings":
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: '{prefix}{key}' must be a mapping")
+            _check_keys(value, reference[key], where, f"{prefix}{key}.")
+
+
+def _check_dotted(key: str, where: str) -> None:
+    parts = key.split(".")
+    if parts[0] in ("method", "method_settings"):
+        if len(parts) < (2 if parts[0] == "method" else 3):
+            raise UserError(f"{where}: '{key}' must name a setting, e.g. method_settings.best-model.variant")
+        return
+    node: Any = DEFAULTS
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            choices = list(node) if isinstance(node, dict) else []
+            hint = did_you_mean(part, choices) if choices else "it has no sub-settings"
+            raise UserError(f"{where}: unknown setting '{key}': {hint}")
+        node = node[part]
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"bad --set '{text}': write it as key=value, e.g. --set protocol.test_episodes=100")
+    _check_dotted(key, "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"bad --set '{text}': the value is not valid YAML; quote it") from None
+    return key, value
+
+
+def _assign(config: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] == "method":  # applies to whichever method is being run; kept apart
+        config.setdefault("method_overrides", {})[".".join(parts[1:])] = value
+        return
+    if parts[0] == "method_settings":
+        parts = ["method_settings", parts[1], ".".join(parts[2:])]
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The suite's settings under a profile and the user's overrides (not yet split in cells)."""
+    profile = profile or suite.default_profile
+    if suite.profiles and profile not in suite.profiles:
+        raise UserError(f"suite '{suite.name}' has no profile '{profile}': "
+                        f"{did_you_mean(profile, list(suite.profiles))}")
+    config = _deep_merge(DEFAULTS, suite.body)
+    for key, value in [*suite.profiles.get(profile, {}).items(), *assignments]:
+        _assign(config, key, value)
+    for key in LIST_KEYS:
+        if not isinstance(config[key], list):
+            config[key] = [config[key]]
+    config["suite"] = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
+    config["profile"] = profile
+    return config
+
+
+def config_hash(cell_config: dict[str, Any]) -> str:
+    """Identity of a cell's result: everything but `runtime` (device, chunking, paths)."""
+    identity = {k: v for k, v in cell_config.items() if k != "runtime"}
+    identity["suite"] = {k: v for k, v in cell_config["suite"].items() if k != "path"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,98 @@
+"""The method interface: `fit(pool, ctx) -> Learner`, and the context every method runs in."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from dfmlbench.errors import UserError
+from dfmlbench.learner import Learner
+from dfmlbench.models import build_model
+from dfmlbench.pool import TeacherPool
+from dfmlbench.pool.pretrain import derive_seed
+from dfmlbench.registry import did_you_mean
+from dfmlbench.timing import Stopwatch
+
+
+@dataclass
+class RunContext:
+    """What a method may use besides the teachers: device, seeds, its settings, timers, logs."""
+
+    device: torch.device
+    seed: int
+    settings: dict[str, Any]
+    learner_arch: str
+    image_size: int
+    in_channels: int
+    way: int
+    shot: int
+    artifacts_dir: Path
+    validator: Callable[[Learner], float] | None = None
+    progress_factory: Callable[..., Any] | None = None
+    recovery_clock: Stopwatch = field(init=False)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
+
+    def __post_init__(self) -> None:
+        self.recovery_clock = Stopwatch(self.device)
+
+    def generator(self, purpose: str) -> torch.Generator:
+        """A torch RNG seeded from the run seed and a purpose, so streams never interfere."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, purpose))
+
+    def build_learner_model(self, purpose: str = "learner-init", arch: str | None = None) -> nn.Module:
+        """A fresh meta-learner (BN on batch statistics, head bias 0) on the run's device."""
+        model = build_model(arch or self.learner_arch, self.way, self.image_size, self.in_channels,
+                            batch_stat_bn=True, zero_head_bias=True,
+                            generator=self.generator(purpose))
+        return model.to(self.device)
+
+    @contextmanager
+    def recovery(self) -> Iterator[None]:
+        """Time data recovery (model inversion) only: the paper's Time column."""
+        with self.recovery_clock.measure():
+            yield
+
+    def log(self, name: str, value: float, step: int) -> None:
+        """Record one point of a curve (stored in the run record)."""
+        self.curves.setdefault(name, []).append((int(step), float(value)))
+
+    def validate(self, learner: Learner) -> float:
+        """Mean accuracy (%) on the fixed meta-val episodes, for model selection."""
+        if self.validator is None:
+            raise RuntimeError("this run has no validation episodes")
+        return self.validator(learner)
+
+    def progress(self, total: int, desc: str) -> Any:
+        if self.progress_factory is None:
+            from tqdm import tqdm
+            return tqdm(total=total, desc=desc, disable=True)
+        return self.progress_factory(total=total, desc=desc)
+
+
+class Method:
+    """Base class of every DFML method.
+
+    Subclasses declare `defaults` (every setting and its default value); a registry entry may
+    fix some of them (a variant), suites and `--set method.KEY=VALUE` override the rest.
+    """
+
+    name: ClassVar[str] = ""
+    uses_teachers: ClassVar[bool] = True
+    recovers_data: ClassVar[bool] = False  # True: the record's recovery time is meaningful
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(self.defaults))
+        if unknown:
+            raise UserError(f"method '{self.name}' has no setting '{unknown[0]}': "
+                            f"{did_you_mean(unknown[0], list(self.defaults)) if self.defaults else 'it takes none'}")
+        self.settings = {**self.defaults, **settings}
+
+    def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
+        raise NotImplementedError

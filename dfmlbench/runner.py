@@ -1,0 +1,225 @@
+"""Expand a suite into cells (method x dataset x shot x seed), skip cells already recorded with
+the same config hash, run the rest, write their records, print a summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dfmlbench.config import config_hash
+from dfmlbench.data import load_dataset
+from dfmlbench.episodes import EpisodeSet, make_episodes
+from dfmlbench.errors import UserError
+from dfmlbench.evaluation import AdaptProtocol, evaluate
+from dfmlbench.learner import Learner
+from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import create_method
+from dfmlbench.pool import PoolSpec, obtain_pool
+from dfmlbench.pool.pretrain import derive_seed
+from dfmlbench.records import environment, is_done, read_record, record_stem, write_record
+from dfmlbench.stats import summarize
+
+
+@dataclass
+class Cell:
+    method: Method
+    dataset: str
+    shot: int
+    seed: int
+    config: dict[str, Any]
+    hash: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.method.name} {self.dataset} {self.config['protocol']['way']}w{self.shot}s seed {self.seed}"
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    status: str  # "ran", "recorded" (skipped: already done), "failed"
+    record: dict[str, Any] | None
+    path: Path
+
+
+def _method_settings(name: str, config: dict[str, Any], unused: set[str]) -> Method:
+    settings = dict(config["method_settings"].get(name, {}) or {})
+    defaults = create_method(name).settings
+    for key, value in config.get("method_overrides", {}).items():
+        if key in defaults:
+            settings[key] = value
+            unused.discard(key)
+    return create_method(name, settings)
+
+
+def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> list[Cell]:
+    names = methods or config["methods"]
+    if not names:
+        raise UserError("no methods to run: pass --method NAME or list methods in the suite")
+    unused = set(config.get("method_overrides", {}))
+    built = [_method_settings(name, config, unused) for name in names]
+    if unused:
+        raise UserError(f"--set method.{sorted(unused)[0]}: none of the methods run "
+                        f"({', '.join(names)}) has that setting")
+    cells = []
+    for method in built:
+        for dataset in config["datasets"]:
+            for shot in config["shots"]:
+                for seed in config["seeds"]:
+                    cell_config = {
+                        "suite": config["suite"], "profile": config["profile"],
+                        "method": {"name": method.name, "settings": method.settings},
+                        "dataset": dataset, "shot": int(shot), "seed": int(seed),
+                        "protocol": config["protocol"], "learner": config["learner"],
+                        "runtime": config["runtime"],
+                    }
+                    if method.uses_teachers:
+                        cell_config["pool"] = config["pool"]
+                    cells.append(Cell(method, dataset, int(shot), int(seed), cell_config,
+                                      config_hash(cell_config)))
+    return cells
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"runtime.device={name} but no CUDA device is visible; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from None
+
+
+def _episodes(dataset, split: str, protocol: dict[str, Any], shot: int, count: int) -> EpisodeSet:
+    return make_episodes(dataset, split, protocol["way"], shot, protocol["query"], count,
+                         protocol["episode_seed"])
+
+
+class CellRunner:
+    """Runs one cell: data, pool, fit (timed), meta-test on the shared episodes, record."""
+
+    def __init__(self, out_dir: Path, show_progress: bool | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.show_progress = show_progress
+
+    def _bar(self, **kwargs: Any) -> tqdm:
+        return tqdm(leave=False, disable=None if self.show_progress is None else not self.show_progress,
+                    **kwargs)
+
+    def run(self, cell: Cell, stem: Path) -> dict[str, Any]:
+        config, protocol, runtime = cell.config, cell.config["protocol"], cell.config["runtime"]
+        device = resolve_device(runtime["device"])
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        wall = time.perf_counter()
+        dataset = load_dataset(cell.dataset, runtime["data_root"])
+        adapt = AdaptProtocol(protocol["steps"], protocol["lr"])
+        chunk = int(runtime["eval_chunk"])
+
+        pool, pool_info, pool_seconds = None, None, 0.0
+        if cell.method.uses_teachers:
+            spec = PoolSpec.from_config(config["pool"])
+            with self._bar(total=spec.num_teachers, desc="teacher pool") as bar:
+                t0 = time.perf_counter()
+                pool = obtain_pool(dataset, spec, device, lambda done, total: bar.update(1))
+                pool_seconds = time.perf_counter() - t0
+            pool_info = {"key": pool.key, "path": str(pool.path), "num_teachers": len(pool),
+                         "architectures": pool.architectures,
+                         "mean_heldout_acc": sum(t.heldout_acc for t in pool) / len(pool)}
+
+        test_episodes = _episodes(dataset, "test", protocol, cell.shot, protocol["test_episodes"])
+        val_episodes = _episodes(dataset, "val", protocol, cell.shot, protocol["val_episodes"])
+
+        def validator(learner: Learner) -> float:
+            return float(evaluate(learner, dataset, val_episodes, adapt, device, chunk).mean())
+
+        artifacts = stem.with_suffix(".artifacts")
+        ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
+                         dataset.image_size, dataset.channels, protocol["way"], cell.shot,
+                         artifacts, validator, lambda **kw: self._bar(**kw))
+        torch.manual_seed(derive_seed(cell.seed, "global"))
+        t0 = time.perf_counter()
+        learner = cell.method.fit(pool, ctx)
+        fit_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with self._bar(total=len(test_episodes), desc="meta-test") as bar:
+            accuracies = evaluate(learner, dataset, test_episodes, adapt, device, chunk, bar)
+        eval_seconds = time.perf_counter() - t0
+        summary = summarize(accuracies)
+        recovery = ctx.recovery_clock.seconds
+        record = {
+            "status": "ok", "config_hash": cell.hash,
+            "suite": config["suite"]["name"], "profile": config["profile"],
+            "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
+            "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
+            "accuracy": summary.as_dict(),
+            "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),
+                              "episode_seed": protocol["episode_seed"]},
+            "timings": {
+                "recovery_seconds": recovery if cell.method.recovers_data else None,
+                "meta_train_seconds": fit_seconds - recovery,
+                "eval_seconds": eval_seconds, "pool_seconds": pool_seconds,
+                "wall_seconds": time.perf_counter() - wall,
+            },
+            "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
+            "pool": pool_info, "dataset_fingerprint": dataset.fingerprint(),
+            "config": config, "environment": environment(device),
+            "started_at": started_at,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_record(stem, record, accuracies)
+        return record
+
+
+def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
+              show_progress: bool | None = None) -> list[Outcome]:
+    runner = CellRunner(out_dir, show_progress)
+    outcomes = []
+    bar = tqdm(cells, desc="cells", disable=None if show_progress is None else not show_progress)
+    for cell in bar:
+        bar.set_postfix_str(cell.label)
+        protocol = cell.config["protocol"]
+        stem = record_stem(out_dir, cell.config["suite"]["name"], cell.config["profile"],
+                           cell.method.name, cell.dataset, protocol["way"], cell.shot, cell.seed, cell.hash)
+        if not force and is_done(stem, cell.hash):
+            outcomes.append(Outcome(cell, "recorded", read_record(stem), stem.with_suffix(".json")))
+            continue
+        try:
+            record = runner.run(cell, stem)
+            outcomes.append(Outcome(cell, "ran", record, stem.with_suffix(".json")))
+        except UserError:
+            raise
+        except Exception as exc:  # a crashed cell is recorded and the others still run
+            failed = {"status": "failed", "config_hash": cell.hash, "method": cell.method.name,
+                      "dataset": cell.dataset, "shot": cell.shot, "seed": cell.seed,
+                      "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                      "config": cell.config}
+            write_record(stem, failed, None)
+            outcomes.append(Outcome(cell, "failed", failed, stem.with_suffix(".json")))
+            tqdm.write(f"cell failed: {cell.label}: {type(exc).__name__}: {exc}")
+    return outcomes
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """A Markdown table of the cells: accuracy ± CI and the timings that matter."""
+    rows = ["| method | dataset | shot | seed | accuracy (%) | recovery (s) | fit (s) | status |",
+            "|---|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        r = o.record or {}
+        acc = r.get("accuracy")
+        accuracy = f"{acc['mean']:.2f} ± {acc['ci95']:.2f}" if acc else "-"
+        t = r.get("timings") or {}
+        recovery = f"{t['recovery_seconds']:.1f}" if t.get("recovery_seconds") is not None else "-"
+        fit = t.get("meta_train_seconds")
+        fit_s = f"{fit + (t.get('recovery_seconds') or 0):.1f}" if fit is not None else "-"
+        rows.append(f"| {o.cell.method.name} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
+                    f"{accuracy} | {recovery} | {fit_s} | {o.status} |")
+    return "\n".join(rows)

@@ -1,0 +1,30 @@
+"""Average (baselines.md §2.3): element-wise mean of every teacher's weights, no alignment."""
+
+from __future__ import annotations
+
+import torch
+
+from dfmlbench.errors import UserError
+from dfmlbench.learner import Learner
+from dfmlbench.method import Method, RunContext
+from dfmlbench.models import copy_parameters
+from dfmlbench.pool import TeacherPool
+
+
+def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform mean of every entry (weights, BN affine and running statistics alike)."""
+    return {name: torch.stack([s[name].double() for s in states]).mean(0).to(states[0][name].dtype)
+            for name in states[0]}
+
+
+class Average(Method):
+    name = "average"
+
+    def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
+        assert pool is not None
+        if len(pool.architectures) != 1:
+            raise UserError(f"average needs teachers of one architecture, the pool mixes "
+                            f"{', '.join(pool.architectures)}")
+        model = ctx.build_learner_model(arch=pool.architectures[0])
+        copy_parameters(model, average_state([t.model.state_dict() for t in pool]))
+        return Learner(model, description=f"mean of {len(pool)} teachers")
