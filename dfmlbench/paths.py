@@ -31,9 +31,18 @@ def data_root_candidates(explicit: str | os.PathLike | None) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Any, mode: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: readers see the old
+    file or the new one, never a torn one, even if the process is killed midway."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; records are meant to be shared
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)

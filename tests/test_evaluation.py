@@ -1,0 +1,90 @@
+import numpy as np
+import torch
+
+from dfmlbench.adaptation import parameters_of, sgd_adapt
+from dfmlbench.episodes import make_episodes
+from dfmlbench.evaluation import AdaptProtocol, evaluate, evaluate_reference
+from dfmlbench.learner import Learner
+from dfmlbench.models import build_model, copy_parameters
+from dfmlbench.stats import paired_test, summarize
+
+
+def learner_from(pool_teacher=None, seed=0):
+    model = build_model("conv4", batch_stat_bn=True, zero_head_bias=True,
+                        generator=torch.Generator().manual_seed(seed))
+    if pool_teacher is not None:
+        copy_parameters(model, pool_teacher.model.state_dict())
+    return Learner(model)
+
+
+def test_batched_evaluation_equals_one_episode_at_a_time(glyphs, tiny_pool):
+    episodes = make_episodes(glyphs, "test", 5, 1, 15, 12, seed=3)
+    learner = learner_from(tiny_pool[0])
+    batched = evaluate(learner, glyphs, episodes, AdaptProtocol(10, 0.01), chunk=5)
+    reference = evaluate_reference(learner, glyphs, episodes, AdaptProtocol(10, 0.01))
+    assert batched.shape == (12,)
+    np.testing.assert_array_equal(batched, reference)
+
+
+def test_chunking_does_not_change_results(glyphs):
+    episodes = make_episodes(glyphs, "test", 5, 1, 5, 7)
+    learner = learner_from()
+    a = evaluate(learner, glyphs, episodes, chunk=7)
+    b = evaluate(learner, glyphs, episodes, chunk=3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_functional_sgd_matches_torch_optim_sgd():
+    model = build_model("conv4", batch_stat_bn=True, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(5).repeat(2)
+    adapted = sgd_adapt(model, parameters_of(model), x, y, steps=3, lr=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(adapted[name], p.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_adaptation_helps_on_real_episodes(glyphs):
+    """10 SGD steps from a random init beat 0 steps: the protocol really adapts."""
+    episodes = make_episodes(glyphs, "test", 5, 5, 5, 10)
+    model = learner_from().model
+    adapted = evaluate(Learner(model), glyphs, episodes).mean()
+    frozen = evaluate(Learner(model, adapt_steps=0), glyphs, episodes).mean()
+    assert adapted > frozen + 10
+
+
+def test_head_matching_permutes_output_units(glyphs, tiny_pool):
+    episodes = make_episodes(glyphs, "test", 5, 5, 5, 10)
+    identity = evaluate(learner_from(tiny_pool[0]).__class__(learner_from(tiny_pool[0]).model,
+                                                             adapt_steps=0), glyphs, episodes)
+    matched = evaluate(Learner(learner_from(tiny_pool[0]).model, adapt_steps=0, head_matching=True),
+                       glyphs, episodes)
+    # Matching on the support can only help on average over episodes.
+    assert matched.mean() >= identity.mean()
+
+
+def test_per_episode_init_is_used(glyphs):
+    episodes = make_episodes(glyphs, "test", 5, 1, 5, 4)
+    inits = [parameters_of(learner_from(seed=s).model) for s in range(4)]
+    learner = Learner(learner_from().model, init_for_episode=lambda e: inits[e])
+    batched = evaluate(learner, glyphs, episodes, chunk=4)
+    reference = evaluate_reference(learner, glyphs, episodes)
+    np.testing.assert_array_equal(batched, reference)
+
+
+def test_summary_uses_population_std():
+    acc = np.array([20.0, 40.0, 60.0, 80.0])
+    summary = summarize(acc)
+    assert summary.mean == 50.0
+    assert np.isclose(summary.std, np.std(acc))  # ddof=0
+    assert np.isclose(summary.ci95, 1.96 * np.std(acc) / 2)
+
+
+def test_paired_test_detects_a_consistent_difference():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(20, 60, 200)
+    assert paired_test(a + 3 + rng.normal(0, 1, 200), a).p_value < 1e-6
+    assert paired_test(a, a).p_value == 1.0
