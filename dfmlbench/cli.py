@@ -15,7 +15,7 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see: python -m dfmlbench {self.prog.split()[-1]} --help)")
+        raise UserError(f"{message} (see: python -m {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,18 +87,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from dfmlbench.records import load_per_episode
     from dfmlbench.stats import paired_test
 
-    records = []
+    records, per_episode = [], []
     for path in args.records:
         try:
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read record {path}: {exc}") from None
-        if records[-1].get("status") != "ok":
-            raise UserError(f"{path} is not a finished record (status {records[-1].get('status')})")
+        if not isinstance(record, dict) or record.get("status") != "ok" or "test_episodes" not in record:
+            raise UserError(f"{path} is not a finished dfmlbench record; pass the .json of a cell that ran")
+        try:
+            per_episode.append(load_per_episode(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot read the per-episode accuracies of {path} ({exc}); "
+                            "keep the .episodes.npy beside its .json") from None
+        records.append(record)
     a, b = records
     if a["test_episodes"]["sha"] != b["test_episodes"]["sha"]:
         raise UserError("the two records were tested on different episodes; a paired test needs the same ones")
-    test = paired_test(load_per_episode(args.records[0]), load_per_episode(args.records[1]))
+    test = paired_test(*per_episode)
     print(f"{a['method']}: {a['accuracy']['mean']:.2f} ± {a['accuracy']['ci95']:.2f}   "
           f"{b['method']}: {b['accuracy']['mean']:.2f} ± {b['accuracy']['ci95']:.2f}")
     print(f"difference {test.mean_difference:+.2f} ± {test.ci95:.2f} points over {test.n} paired episodes; "

@@ -87,12 +87,12 @@ def load_suite(name_or_path: str) -> Suite:
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) or v is None for v in profiles.values()):
         raise UserError(f"{path}: 'profiles' must map profile names to mappings of dotted overrides")
-    profiles = {name: dict(over or {}) for name, over in profiles.items()}
+    profiles = {name: dict(over or {}) for name, over in profiles.items()} or {"paper": {}}
     for name, overrides in profiles.items():
         for key in overrides:
             _check_dotted(key, f"{path} profile '{name}'")
     default_profile = raw.get("default_profile", "paper")
-    if profiles and default_profile not in profiles:
+    if default_profile not in profiles:
         raise UserError(f"{path}: default_profile '{default_profile}' is not among its profiles")
     return Suite(str(raw.get("suite", path.stem)), int(raw.get("version", 1)),
                  str(raw.get("description", "")), default_profile, profiles, body, path)
@@ -102,9 +102,12 @@ def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, pre
     for key, value in body.items():
         if key not in reference:
             raise UserError(f"{where}: unknown setting '{prefix}{key}': {did_you_mean(key, list(reference))}")
-        if isinstance(reference[key], dict) and key != "method_settings" and prefix + key != "method_settings":
-            if not isinstance(value, dict):
-                raise UserError(f"{where}: '{prefix}{key}' must be a mapping")
+        if isinstance(reference[key], dict) and not isinstance(value, dict):
+            raise UserError(f"{where}: '{prefix}{key}' must be a mapping")
+        if key == "method_settings":
+            if not all(isinstance(v, dict) for v in value.values()):
+                raise UserError(f"{where}: method_settings must map method names to mappings of settings")
+        elif isinstance(reference[key], dict):
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 
@@ -134,7 +137,17 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise UserError(f"bad --set '{text}': the value is not valid YAML; quote it") from None
-    return key, value
+    return key, _number_or_self(value)
+
+
+def _number_or_self(value: Any) -> Any:
+    """YAML 1.1 reads '1e-3' as a string; a user writing it means the number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _assign(config: dict[str, Any], key: str, value: Any) -> None:
@@ -147,6 +160,8 @@ def _assign(config: dict[str, Any], key: str, value: Any) -> None:
     node = config
     for part in parts[:-1]:
         node = node.setdefault(part, {})
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        value = _deep_merge(node[parts[-1]], value)
     node[parts[-1]] = value
 
 
@@ -163,12 +178,13 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]]) -> dict[str, Any]:
     """The suite's settings under a profile and the user's overrides (not yet split in cells)."""
     profile = profile or suite.default_profile
-    if suite.profiles and profile not in suite.profiles:
+    if profile not in suite.profiles:
         raise UserError(f"suite '{suite.name}' has no profile '{profile}': "
                         f"{did_you_mean(profile, list(suite.profiles))}")
     config = _deep_merge(DEFAULTS, suite.body)
     for key, value in [*suite.profiles.get(profile, {}).items(), *assignments]:
         _assign(config, key, value)
+    _check_keys({k: v for k, v in config.items() if k != "method_overrides"}, DEFAULTS, "settings")
     for key in LIST_KEYS:
         if not isinstance(config[key], list):
             config[key] = [config[key]]

@@ -20,7 +20,8 @@ from dfmlbench.errors import UserError
 from dfmlbench.evaluation import AdaptProtocol, evaluate
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
-from dfmlbench.methods import create_method
+from dfmlbench.methods import METHODS, create_method, free_settings
+from dfmlbench.registry import did_you_mean
 from dfmlbench.pool import PoolSpec, obtain_pool
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.records import environment, is_done, read_record, record_stem, write_record
@@ -51,9 +52,9 @@ class Outcome:
 
 def _method_settings(name: str, config: dict[str, Any], unused: set[str]) -> Method:
     settings = dict(config["method_settings"].get(name, {}) or {})
-    defaults = create_method(name).settings
+    free = free_settings(name)
     for key, value in config.get("method_overrides", {}).items():
-        if key in defaults:
+        if key in free:  # `--set method.KEY` skips methods (variants) that fix KEY
             settings[key] = value
             unused.discard(key)
     return create_method(name, settings)
@@ -63,11 +64,15 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
     names = methods or config["methods"]
     if not names:
         raise UserError("no methods to run: pass --method NAME or list methods in the suite")
+    unknown = sorted(set(config["method_settings"]) - set(METHODS.names()))
+    if unknown:
+        raise UserError(f"method_settings names an unknown method '{unknown[0]}': "
+                        f"{did_you_mean(unknown[0], METHODS.names())}")
     unused = set(config.get("method_overrides", {}))
     built = [_method_settings(name, config, unused) for name in names]
     if unused:
         raise UserError(f"--set method.{sorted(unused)[0]}: none of the methods run "
-                        f"({', '.join(names)}) has that setting")
+                        f"({', '.join(names)}) has that setting free to change")
     cells = []
     for method in built:
         for dataset in config["datasets"]:

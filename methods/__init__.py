@@ -18,14 +18,20 @@ METHODS.register("random", "dfmlbench.methods.random_init:RandomInit",
                  summary="fine-tune one seeded random init per episode (no teachers)")
 METHODS.register("random-reinit", "dfmlbench.methods.random_init:RandomInit",
                  {"reinit_per_task": True}, "Random with a fresh init for every episode")
-METHODS.register("best-model", "dfmlbench.methods.best_model:BestModel", {"variant": "finetune"},
-                 "the most accurate teacher, fine-tuned on each support set")
+METHODS.register("best-model", "dfmlbench.methods.best_model:BestModel",
+                 summary="the most accurate teacher, fine-tuned on each support set")
 METHODS.register("best-model-zero-step", "dfmlbench.methods.best_model:BestModel",
                  {"variant": "zero-step"}, "diagnostic: best teacher, identity head, no steps")
 METHODS.register("best-model-hungarian", "dfmlbench.methods.best_model:BestModel",
                  {"variant": "hungarian"}, "diagnostic: best teacher, head matched on the support, no steps")
 METHODS.register("average", "dfmlbench.methods.average:Average",
                  summary="element-wise mean of all teachers' weights, fine-tuned")
+
+
+def free_settings(name: str) -> set[str]:
+    """The settings a user may change on this entry (those a variant does not fix)."""
+    entry = METHODS.get(name)
+    return set(entry.load().defaults) - set(entry.settings)
 
 
 def create_method(name: str, overrides: dict[str, Any] | None = None) -> Method:

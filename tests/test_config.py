@@ -20,13 +20,6 @@ from dfmlbench.registry import Registry, did_you_mean
 from dfmlbench.runner import expand_cells
 
 
-# The registry entry 'best-model' fixes {"variant": "finetune"} (methods/__init__.py), so the base
-# method's own 'variant' setting can never be overridden: create_method raises "'variant' is fixed
-# by the variant 'best-model'; override it on the base method instead", though it *is* the base.
-BEST_MODEL_BUG = ("bug: 'best-model' is registered with the fixed setting variant=finetune, so "
-                  "its variant cannot be overridden (method.variant / method_settings.best-model.variant)")
-
-
 def write_suite(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -141,8 +134,6 @@ def test_unknown_profile(quickstart):
         resolve(quickstart, "gpu", [])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a suite without profiles accepts any --profile name "
-                                       "silently (and records the run under that name)")
 def test_unknown_profile_of_a_suite_without_profiles(tmp_path):
     suite = load_suite(str(write_suite(tmp_path, "suite: bare\nmethods: [random]\n")))
     with pytest.raises(UserError):
@@ -172,8 +163,6 @@ def test_parse_assignment_reads_yaml_values(text, expected):
     assert type(value) is type(expected[1])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: YAML 1.1 reads '1e-3' as a string, so --set protocol.lr=1e-3 "
-                                       "passes and the cell later fails with a TypeError")
 def test_parse_assignment_reads_exponent_floats():
     key, value = parse_assignment("protocol.lr=1e-3")
     assert value == pytest.approx(1e-3) and isinstance(value, float)
@@ -197,8 +186,6 @@ def test_parse_assignment_errors(text, fragment):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --set SECTION={mapping} replaces the whole section "
-                                       "without checking its keys; the run then dies with KeyError")
 def test_assigning_a_whole_section_is_checked(quickstart):
     with pytest.raises(UserError):
         config = resolve(quickstart, "smoke", [parse_assignment("protocol={wya: 3}")])
@@ -320,7 +307,6 @@ def test_config_hash_changes_with_method_setting_and_seed(quickstart):
     assert seeded.seed == 1 and seeded.hash == config_hash(config)
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason=BEST_MODEL_BUG)
 def test_config_hash_changes_with_best_model_variant(quickstart):
     base = smoke_cells(quickstart)["best-model"]
     variant = smoke_cells(quickstart, ["method_settings.best-model.variant=zero-step"])["best-model"]
@@ -372,7 +358,6 @@ def test_create_method_variants():
     assert reinit.settings == {"reinit_per_task": True} and not reinit.uses_teachers
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason=BEST_MODEL_BUG)
 def test_create_method_base_best_model_variant_is_free():
     method = create_method("best-model", {"variant": "hungarian"})
     assert method.name == "best-model" and method.settings == {"variant": "hungarian"}
@@ -429,7 +414,6 @@ def test_random_cells_ignore_the_pool(quickstart):
         assert changed["average"].hash != base["average"].hash, assignment
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason=BEST_MODEL_BUG)
 def test_method_override_applies_to_best_model(quickstart):
     base = smoke_cells(quickstart)
     cells = smoke_cells(quickstart, ["method.variant=zero-step"])
@@ -442,7 +426,6 @@ def test_method_override_applies_to_best_model(quickstart):
     assert cells["average"].hash == base["average"].hash
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason=BEST_MODEL_BUG)
 def test_method_override_wins_over_method_settings_of_best_model(quickstart):
     cells = smoke_cells(quickstart, ["method_settings.best-model.variant=hungarian",
                                      "method.variant=zero-step"], ["best-model"])
@@ -470,11 +453,16 @@ def test_method_override_wins_over_method_settings(quickstart):
 
 
 def test_method_override_on_a_fixed_variant_setting(quickstart):
-    # the registered variants keep their fixed setting; --set may repeat it but not change it
-    cells = smoke_cells(quickstart, ["method.variant=zero-step"], ["best-model-zero-step"])
-    assert cells["best-model-zero-step"].method.settings == {"variant": "zero-step"}
-    with pytest.raises(UserError, match="'variant' is fixed by the variant 'best-model-hungarian'"):
+    # --set method.KEY skips variants that fix KEY: they keep their fixed setting
+    cells = smoke_cells(quickstart, ["method.variant=zero-step"], ["best-model", "best-model-hungarian"])
+    assert cells["best-model"].method.settings == {"variant": "zero-step"}
+    assert cells["best-model-hungarian"].method.settings == {"variant": "hungarian"}
+    with pytest.raises(UserError, match="free to change"):
         smoke_cells(quickstart, ["method.variant=zero-step"], ["best-model-hungarian"])
+    # naming the variant explicitly with another value is refused
+    with pytest.raises(UserError, match="'variant' is fixed by the variant 'best-model-hungarian'"):
+        smoke_cells(quickstart, ["method_settings.best-model-hungarian.variant=zero-step"],
+                    ["best-model-hungarian"])
 
 
 def test_method_override_no_method_has_the_setting(quickstart):
