@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 from pathlib import Path
@@ -112,7 +113,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks instead of returning each large one to the kernel.
+
+    Batched adaptation allocates and frees tens-of-MB activations every step; with glibc's
+    defaults each is a fresh mmap whose pages the kernel zeroes again. Measured on the 2-core
+    dev machine: 600 5-shot episodes spent as much time in the kernel as in PyTorch. No effect
+    (and no error) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks below 1 GiB from the heap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not trim the heap eagerly
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _keep_freed_memory()
     try:
         args = _parser().parse_args(argv)
         handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare}[args.command]

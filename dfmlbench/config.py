@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "learner": {"arch": "conv4"},
     "method_settings": {},  # method name -> {setting: value}
     # Settings that change speed or location, never results: left out of the config hash.
-    "runtime": {"device": "auto", "eval_chunk": 50, "data_root": None},
+    "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None},
 }
 SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper")
 

@@ -72,7 +72,7 @@ def _accuracy(prediction: torch.Tensor, labels: torch.Tensor) -> float:
 
 def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
              protocol: AdaptProtocol = AdaptProtocol(), device: torch.device | str = "cpu",
-             chunk: int = 50, progress: object | None = None) -> np.ndarray:
+             chunk: int = 20, progress: object | None = None) -> np.ndarray:
     """Per-episode query accuracies in % (float64, one per episode), all episodes batched by `vmap`.
 
     BN normalises with the support batch while adapting and the query batch when predicting,

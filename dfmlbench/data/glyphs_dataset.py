@@ -9,7 +9,7 @@ from dfmlbench.data.base import ImageDataset, channel_stats, images_of_classes
 from dfmlbench.data.glyphs import render_glyphs
 from dfmlbench.paths import cache_dir, save_npz_atomic
 
-RENDER_VERSION = 1  # bump when render_glyphs changes its output
+RENDER_VERSION = 2  # bump when render_glyphs changes its output
 SEED, NUM_CLASSES, IMAGES_PER_CLASS, IMAGE_SIZE = 0, 100, 60, 32
 SPLIT_SIZES = {"train": 64, "val": 16, "test": 20}
 
