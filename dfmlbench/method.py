@@ -80,6 +80,7 @@ class Method:
 
     Subclasses declare `defaults` (every setting and its default value); a registry entry may
     fix some of them (a variant), suites and `--set method.KEY=VALUE` override the rest.
+    One instance serves every cell of its method: `fit` must keep no state between calls.
     """
 
     name: ClassVar[str] = ""

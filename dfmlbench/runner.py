@@ -50,7 +50,7 @@ class Outcome:
     path: Path
 
 
-def _method_settings(name: str, config: dict[str, Any], unused: set[str]) -> Method:
+def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
     settings = dict(config["method_settings"].get(name, {}) or {})
     free = free_settings(name)
     for key, value in config.get("method_overrides", {}).items():
@@ -69,7 +69,7 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
         raise UserError(f"method_settings names an unknown method '{unknown[0]}': "
                         f"{did_you_mean(unknown[0], METHODS.names())}")
     unused = set(config.get("method_overrides", {}))
-    built = [_method_settings(name, config, unused) for name in names]
+    built = [_build_method(name, config, unused) for name in names]
     if unused:
         raise UserError(f"--set method.{sorted(unused)[0]}: none of the methods run "
                         f"({', '.join(names)}) has that setting free to change")

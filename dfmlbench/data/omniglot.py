@@ -1,6 +1,6 @@
 """Omniglot (Lake's background-small subset) from `omniglot_bg_small_28.npz`, no pickle.
 
-Choices (see docs/datasets.md): images are inverted to ink = 255 on a black background (the
+Choices (README 'Datasets', docs/deviations.md D-O1..3): images are inverted to ink = 255 on a black background (the
 MAML convention, so that zero padding matches the background), resized 28 -> 32 px so the
 Conv4 geometry is CIFAR-FS's (2x2x32 = 128-d features), and fed as 3 identical channels so
 every model and the RGB generators of the inversion methods apply unchanged.

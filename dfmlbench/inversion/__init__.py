@@ -1,0 +1,2 @@
+"""Shared parts of the inversion-based methods (FREE, PURER, BiDf-MKD): the image generator,
+the inversion and distillation losses, the generated-image augmentation and the memory bank."""
