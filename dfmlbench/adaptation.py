@@ -30,10 +30,16 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Ca
 
 
 def sgd_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
-              steps: int, lr: float) -> Params:
-    """`steps` plain SGD steps (no momentum, no weight decay) on CE over the support, all parameters."""
+              steps: int, lr: float, first_order: bool = False) -> Params:
+    """`steps` plain SGD steps (no momentum, no weight decay) on CE over the support, all parameters.
+
+    When `params` require grad, the result stays differentiable with respect to them: a loss
+    on the adapted parameters back-propagates through the inner steps (second-order MAML),
+    or around them with `first_order=True` (inner gradients treated as constants).
+    """
     grad_fn = torch.func.grad(cross_entropy_loss(model, x, y))
     for _ in range(steps):
         grads = grad_fn(params)
-        params = {name: p - lr * grads[name] for name, p in params.items()}
+        params = {name: p - lr * (grads[name].detach() if first_order else grads[name])
+                  for name, p in params.items()}
     return params

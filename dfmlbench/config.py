@@ -114,7 +114,7 @@ def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, pre
 def _check_dotted(key: str, where: str) -> None:
     parts = key.split(".")
     if parts[0] in ("method", "method_settings"):
-        if len(parts) < (2 if parts[0] == "method" else 3):
+        if len(parts) < 2:
             raise UserError(f"{where}: '{key}' must name a setting, e.g. method_settings.best-model.variant")
         return
     node: Any = DEFAULTS
@@ -155,7 +155,7 @@ def _assign(config: dict[str, Any], key: str, value: Any) -> None:
     if parts[0] == "method":  # applies to whichever method is being run; kept apart
         config.setdefault("method_overrides", {})[".".join(parts[1:])] = value
         return
-    if parts[0] == "method_settings":
+    if parts[0] == "method_settings" and len(parts) > 2:
         parts = ["method_settings", parts[1], ".".join(parts[2:])]
     node = config
     for part in parts[:-1]:

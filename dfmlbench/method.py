@@ -37,6 +37,7 @@ class RunContext:
     recovery_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
+    extra_learners: dict[str, Learner] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.recovery_clock = Stopwatch(self.device)
@@ -61,6 +62,10 @@ class RunContext:
     def log(self, name: str, value: float, step: int) -> None:
         """Record one point of a curve (stored in the run record)."""
         self.curves.setdefault(name, []).append((int(step), float(value)))
+
+    def also_evaluate(self, name: str, learner: Learner) -> None:
+        """Test another learner (e.g. the last epoch's) on the same episodes, as a diagnostic."""
+        self.extra_learners[name] = learner
 
     def validate(self, learner: Learner) -> float:
         """Mean accuracy (%) on the fixed meta-val episodes, for model selection."""

@@ -51,8 +51,12 @@ class Outcome:
 
 
 def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
-    settings = dict(config["method_settings"].get(name, {}) or {})
+    """Settings: the base method's block (e.g. `free`, for all its variants, less what a
+    variant fixes), then the entry's own block, then `--set method.KEY`."""
     free = free_settings(name)
+    base = METHODS.get(name).load().name
+    settings = {k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free}
+    settings.update(config["method_settings"].get(name) or {})
     for key, value in config.get("method_overrides", {}).items():
         if key in free:  # `--set method.KEY` skips methods (variants) that fix KEY
             settings[key] = value
@@ -157,6 +161,8 @@ class CellRunner:
         t0 = time.perf_counter()
         with self._bar(total=len(test_episodes), desc="meta-test") as bar:
             accuracies = evaluate(learner, dataset, test_episodes, adapt, device, chunk, bar)
+        extra = {name: summarize(evaluate(other, dataset, test_episodes, adapt, device, chunk)).as_dict()
+                 for name, other in ctx.extra_learners.items()}
         eval_seconds = time.perf_counter() - t0
         summary = summarize(accuracies)
         recovery = ctx.recovery_clock.seconds
@@ -165,7 +171,7 @@ class CellRunner:
             "suite": config["suite"]["name"], "profile": config["profile"],
             "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
             "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
-            "accuracy": summary.as_dict(),
+            "accuracy": summary.as_dict(), "extra_evaluations": extra,
             "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),
                               "episode_seed": protocol["episode_seed"]},
             "timings": {

@@ -27,6 +27,18 @@ METHODS.register("best-model-hungarian", "dfmlbench.methods.best_model:BestModel
 METHODS.register("average", "dfmlbench.methods.average:Average",
                  summary="element-wise mean of all teachers' weights, fine-tuned")
 
+METHODS.register("free", "dfmlbench.methods.free:Free",
+                 summary="FREE_5: meta-generator (FIVE, k=5) + BELL + cross-task replay")
+METHODS.register("free-2", "dfmlbench.methods.free:Free", {"k": 2}, "FREE_2: FREE with k=2 generator steps")
+METHODS.register("free-baseline", "dfmlbench.methods.free:Free", {"generator": "sequential", "learner": "none"},
+                 "Table 5 Baseline: sequential generator, replay only")
+METHODS.register("free-erm", "dfmlbench.methods.free:Free", {"generator": "meta", "learner": "erm"},
+                 "Table 5 ERM: meta-generator, one step on the mean KD loss")
+METHODS.register("free-sequence", "dfmlbench.methods.free:Free", {"generator": "sequential", "learner": "bell"},
+                 "Table 5 Sequence: sequential generator + BELL")
+METHODS.register("free-official", "dfmlbench.methods.free:Free", {"fidelity": "official"},
+                 "FREE with the official code's behaviour for every deviation switch")
+
 
 def free_settings(name: str) -> set[str]:
     """The settings a user may change on this entry (those a variant does not fix)."""

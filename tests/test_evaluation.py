@@ -88,3 +88,27 @@ def test_paired_test_detects_a_consistent_difference():
     a = rng.uniform(20, 60, 200)
     assert paired_test(a + 3 + rng.normal(0, 1, 200), a).p_value < 1e-6
     assert paired_test(a, a).p_value == 1.0
+
+
+def test_sgd_adapt_gives_exact_second_order_maml_gradients():
+    torch.manual_seed(0)
+    model = build_model("conv4", batch_stat_bn=True)
+    xs, ys = torch.randn(5, 3, 32, 32), torch.arange(5)
+    xq, yq = torch.randn(10, 3, 32, 32), torch.arange(5).repeat(2)
+    loss = torch.nn.functional.cross_entropy
+    from dfmlbench.adaptation import forward
+    params = dict(model.named_parameters())
+    loss(forward(model, sgd_adapt(model, params, xs, ys, 2, 0.1), xq), yq).backward()
+    # Reference: plain autograd with create_graph=True through the two inner steps.
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    fast = dict(leaves)
+    for _ in range(2):
+        grads = torch.autograd.grad(loss(forward(model, fast, xs), ys), list(fast.values()), create_graph=True)
+        fast = {k: v - 0.1 * g for (k, v), g in zip(fast.items(), grads)}
+    loss(forward(model, fast, xq), yq).backward()
+    for name, p in params.items():
+        torch.testing.assert_close(p.grad, leaves[name].grad)
+    # First order differs: the inner gradients are constants.
+    first = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    loss(forward(model, sgd_adapt(model, first, xs, ys, 2, 0.1, first_order=True), xq), yq).backward()
+    assert not torch.allclose(first["classifier.weight"].grad, params["classifier.weight"].grad)

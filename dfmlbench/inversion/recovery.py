@@ -1,0 +1,94 @@
+"""Task recovery: adapt a generator (and its latent codes) to one teacher for k steps, then
+take the recovered images and, for a meta-generator, the first-order meta-gradient at the
+adapted parameters (free.md §3.2). Shared by FIVE and the sequential-generator ablations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfmlbench.inversion.augment import GeneratedImageAugment
+from dfmlbench.inversion.losses import agreement_masked_kl
+
+StudentFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    steps: int = 5  # k
+    generator_lr: float = 1e-3
+    z_lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    ce_weight: float = 1.0
+    adv_weight: float = 1.0
+    adv_quirk: bool = False  # D5: the official inner-product form of the adversarial term
+    recover_at: str = "k"  # D2/D3: "k" = after k updates (paper); "k-1" = official
+
+
+@dataclass
+class RecoveredTask:
+    images: torch.Tensor  # [0, 1], detached (n, C, H, W)
+    labels: torch.Tensor  # relative labels of the teacher's outputs
+    meta_gradient: dict[str, torch.Tensor] | None  # dL/d(adapted generator params)
+    updates: int  # generator updates taken before `images` were produced
+
+
+def interleaved_targets(way: int, per_class: int, device: torch.device) -> torch.Tensor:
+    """0, 1, ..., way-1 repeated `per_class` times, as the official targets."""
+    return torch.arange(way, device=device).repeat(per_class)
+
+
+def inversion_loss(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Module,
+                   student: StudentFn | None, augment: GeneratedImageAugment,
+                   settings: RecoverySettings, rng: torch.Generator) -> torch.Tensor:
+    """Eq. (1): CE(teacher) - adv * agreement-masked KL(teacher || detached student)."""
+    x = augment(images, rng)
+    teacher_logits = teacher(x)
+    loss = settings.ce_weight * F.cross_entropy(teacher_logits, labels)
+    if student is not None and settings.adv_weight:
+        with torch.no_grad():
+            student_logits = student(x)
+        loss = loss - settings.adv_weight * agreement_masked_kl(student_logits, teacher_logits,
+                                                                settings.adv_quirk)
+    return loss
+
+
+def recover_task(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor, nz: int,
+                 student: StudentFn | None, augment: GeneratedImageAugment,
+                 settings: RecoverySettings, rng: torch.Generator,
+                 meta_gradient: bool = True) -> RecoveredTask:
+    """Adapt `generator` in place (with fresh latent codes and a fresh Adam) for k steps."""
+    device = labels.device
+    z = torch.randn(len(labels), nz, generator=rng).to(device).requires_grad_()
+    optimizer = torch.optim.Adam([{"params": list(generator.parameters()), "lr": settings.generator_lr},
+                                  {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
+
+    def loss_and_grads(with_grads: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        optimizer.zero_grad(set_to_none=True)
+        images = generator(z)
+        loss = inversion_loss(images, labels, teacher, student, augment, settings, rng)
+        loss.backward()
+        grads = ({n: p.grad.detach().clone() for n, p in generator.named_parameters()}
+                 if with_grads else None)
+        return images.detach(), grads
+
+    official = settings.recover_at == "k-1"
+    images, grads = None, None
+    for step in range(settings.steps):
+        last = step == settings.steps - 1
+        images, step_grads = loss_and_grads(meta_gradient and official and last)
+        if official and last:  # the official code takes X and the gradient before the last step
+            grads = step_grads
+        optimizer.step()
+    if official:
+        return RecoveredTask(images, labels, grads, settings.steps - 1)
+    if meta_gradient:
+        images, grads = loss_and_grads(True)
+    else:
+        with torch.no_grad():
+            images = generator(z)
+    return RecoveredTask(images, labels, grads, settings.steps)

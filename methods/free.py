@@ -1,0 +1,249 @@
+"""FREE (Wei et al., CVPR 2024): a meta-generator (FIVE) recovers one task per teacher in k
+steps, a meta-learner learns from the recovered tasks with BELL, and cross-task replay runs
+MAML on tasks drawn from the memory bank (free.md §3-§5). The ablations of Table 5 are the
+same algorithm with `generator` and `learner` switched (free.md §7)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfmlbench.adaptation import forward, parameters_of
+from dfmlbench.errors import UserError
+from dfmlbench.inversion.augment import GeneratedImageAugment
+from dfmlbench.inversion.bank import MemoryBank
+from dfmlbench.inversion.generator import Generator
+from dfmlbench.inversion.losses import kd_loss
+from dfmlbench.inversion.recovery import RecoveredTask, RecoverySettings, interleaved_targets, recover_task
+from dfmlbench.learner import Learner
+from dfmlbench.maml import ReplaySettings, replay
+from dfmlbench.method import Method, RunContext
+from dfmlbench.pool import Teacher, TeacherPool
+
+# The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
+OFFICIAL = {
+    "bank_add": "last",  # D1
+    "recover_at": "k-1",  # D2, D3
+    "adv_quirk": True,  # D5
+    "kd_quirk": True,  # D6
+}
+CHOICES = {
+    "generator": ("meta", "sequential"), "learner": ("bell", "erm", "none"),
+    "bank_add": ("all", "last"), "recover_at": ("k", "k-1"),
+    "gen_outer_opt": ("fresh_adam", "persistent_adam", "sgd"), "bell_inner": ("adam", "sgd"),
+    "bell_outer_opt": ("shared", "separate"), "aug_granularity": ("batch", "sample"),
+    "fidelity": ("harness", "official"),
+}
+
+
+class Free(Method):
+    name = "free"
+    recovers_data = True
+    defaults: dict[str, Any] = {
+        "generator": "meta",  # meta (FIVE) | sequential (Baseline/Sequence ablations)
+        "learner": "bell",  # bell | erm | none (Baseline: replay only)
+        "k": 5,  # generator inner steps (FREE_5; FREE_2 uses 2)
+        "epochs": 980,  # post-warmup epochs (official: 1..999 with 19 warmup, D17)
+        "warmup_epochs": 19,  # CE-only recovery, nothing stored (D24)
+        "teachers_per_epoch": 4,  # b, drawn uniformly with replacement
+        "images_per_class": 20,  # per teacher: 100 images for 5 classes
+        "nz": 256,
+        "ngf": 64,
+        "generator_lr": 1e-3,
+        "z_lr": 1e-3,
+        "adv_weight": 1.0,
+        "outer_lr": 1e-3,  # the meta-learner's shared Adam (BELL outer step and replay)
+        "bell_inner_lr": 1e-3,
+        "reptile_scale": 67.0,  # D8: theta.grad = 67 (theta - theta~)
+        "replay_query": 15,
+        "replay_inner_steps": 5,
+        "replay_inner_lr": 0.01,
+        "replay_episode_batch": 10,
+        "replay_patience": 10,
+        "replay_max_metabatches": None,  # D22: cap for CPU budgets
+        "replay_first_order": False,
+        "bank_slots": 20,
+        "val_interval": 20,
+        # Deviation switches (docs/deviations.md), harness defaults:
+        "bank_add": "all",  # D1
+        "recover_at": "k",  # D2/D3
+        "gen_outer_opt": "fresh_adam",  # D4
+        "adv_quirk": False,  # D5
+        "kd_quirk": False,  # D6
+        "bell_inner": "adam",  # D7
+        "bell_outer_opt": "shared",  # D8
+        "aug_granularity": "batch",
+        "fidelity": "harness",  # "official" switches D1, D2/D3, D5, D6 to the official code
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        for key, allowed in CHOICES.items():
+            if self.settings[key] not in allowed:
+                raise UserError(f"free: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
+        if self.settings["fidelity"] == "official":
+            self.settings.update(OFFICIAL)
+
+    def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
+        assert pool is not None
+        return FreeTraining(self.settings, pool, ctx).run()
+
+
+class FreeTraining:
+    """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs."""
+
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
+        self.s, self.pool, self.ctx = settings, pool, ctx
+        self.device = ctx.device
+        self.model = ctx.build_learner_model()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
+        self.bell_optimizer = (self.optimizer if settings["bell_outer_opt"] == "shared"
+                               else torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=ctx.generator("generator-init"))))
+            self.generator = Generator(settings["nz"], settings["ngf"], pool.image_size,
+                                       pool.in_channels).to(self.device)
+        self.generator_optimizer = self._generator_optimizer()
+        self.augment = GeneratedImageAugment(pool.mean, pool.std, granularity=settings["aug_granularity"])
+        self.bank = MemoryBank(settings["bank_slots"])
+        self.rng = np.random.default_rng(ctx.generator("free-numpy").initial_seed())
+        self.torch_rng = ctx.generator("free-torch")
+        self.recovery = RecoverySettings(settings["k"], settings["generator_lr"], settings["z_lr"],
+                                         adv_weight=settings["adv_weight"], adv_quirk=settings["adv_quirk"],
+                                         recover_at=settings["recover_at"])
+        self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["replay_inner_steps"],
+                                              settings["replay_inner_lr"], settings["replay_episode_batch"],
+                                              settings["replay_patience"], settings["replay_max_metabatches"],
+                                              settings["replay_first_order"])
+        self.labels = interleaved_targets(ctx.way, settings["images_per_class"], self.device)
+
+    def _generator_optimizer(self) -> torch.optim.Optimizer:
+        params = self.generator.parameters()
+        if self.s["gen_outer_opt"] == "sgd":
+            return torch.optim.SGD(params, lr=self.s["generator_lr"])
+        return torch.optim.Adam(params, lr=self.s["generator_lr"], betas=(0.5, 0.999))
+
+    # -- one epoch --------------------------------------------------------------------------
+
+    def run(self) -> Learner:
+        s, ctx = self.s, self.ctx
+        total = s["warmup_epochs"] + s["epochs"]
+        best_val, best_state = -1.0, None
+        with ctx.progress(total, "free epochs") as bar:
+            for epoch in range(1, total + 1):
+                warmup = epoch <= s["warmup_epochs"]
+                teachers = [self.pool[int(i)] for i in self.rng.integers(0, len(self.pool), s["teachers_per_epoch"])]
+                tasks = self.recover(teachers, warmup)
+                if not warmup:
+                    self.store(teachers, tasks)
+                    self.learn_from_tasks(teachers, tasks, epoch)
+                    stats = replay(self.model, self.optimizer, self.bank, self.augment.normalize,
+                                   self.replay_settings, self.rng, self.device)
+                    ctx.log("replay_tasks", stats.tasks, epoch)
+                    post = epoch - s["warmup_epochs"]
+                    if post % s["val_interval"] == 0 or post == s["epochs"]:
+                        accuracy = ctx.validate(Learner(self.model))
+                        ctx.log("val_accuracy", accuracy, epoch)
+                        if accuracy > best_val:
+                            best_val, best_state = accuracy, copy.deepcopy(self.model.state_dict())
+                bar.update(1)
+        self.save_recovered_grid(tasks)
+        last = copy.deepcopy(self.model)
+        ctx.also_evaluate("last_epoch", Learner(last, description="FREE meta-learner at the last epoch"))
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        ctx.info.update(best_val_accuracy=best_val, bank_images=len(self.bank),
+                        bank_classes=len(self.bank.ready_classes))
+        return Learner(self.model, description=f"FREE meta-learner selected on meta-val ({best_val:.2f}%)")
+
+    def student(self) -> Any:
+        """The base meta-learner theta, detached (D9: never an adapted copy)."""
+        params = parameters_of(self.model)
+        return lambda x: forward(self.model, params, x)
+
+    def recover(self, teachers: list[Teacher], warmup: bool) -> list[RecoveredTask]:
+        """FIVE (meta) or the sequential generator; only this is the paper's Time column."""
+        student = None if warmup else self.student()
+        meta = self.s["generator"] == "meta"
+        tasks, gradients = [], []
+        for teacher in teachers:
+            with self.ctx.recovery() if not warmup else nullcontext():  # warmup is not timed
+                fast = copy.deepcopy(self.generator) if meta else self.generator
+                task = recover_task(fast, teacher.model, self.labels, self.s["nz"], student,
+                                    self.augment, self.recovery, self.torch_rng, meta_gradient=meta)
+            tasks.append(task)
+            if meta:
+                gradients.append(task.meta_gradient)
+        if meta:
+            self.meta_update(gradients)
+        return tasks
+
+    def meta_update(self, gradients: list[dict[str, torch.Tensor]]) -> None:
+        """theta_G <- step of (1/b) sum_i g_i, g_i taken at teacher i's adapted generator (Eq. 2)."""
+        if self.s["gen_outer_opt"] == "fresh_adam":  # D4: the official code builds it every epoch
+            self.generator_optimizer = self._generator_optimizer()
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        for name, param in self.generator.named_parameters():
+            param.grad = torch.stack([g[name] for g in gradients]).mean(0)
+        self.generator_optimizer.step()
+
+    def store(self, teachers: list[Teacher], tasks: list[RecoveredTask]) -> None:
+        """Recovered images enter the bank under absolute class ids (D1: all b tasks, or the last)."""
+        chosen = list(zip(teachers, tasks))
+        if self.s["bank_add"] == "last":
+            chosen = chosen[-1:]
+        for teacher, task in chosen:
+            for label, class_id in enumerate(teacher.class_ids):
+                self.bank.add(class_id, task.images[task.labels == label])
+
+    def learn_from_tasks(self, teachers: list[Teacher], tasks: list[RecoveredTask], epoch: int) -> None:
+        """BELL (sequential KD on a clone, Reptile-style outer step) or ERM (one step on the mean)."""
+        if self.s["learner"] == "none":
+            return
+        # One augmentation draw for all b tasks, as the official code (main.py:246).
+        views = self.augment(torch.stack([t.images for t in tasks]), self.torch_rng)
+        with torch.no_grad():
+            targets = [t.model(v) for t, v in zip(teachers, views)]
+        self.ctx.log("grad_inner_product", self.gradient_inner_product(views, targets), epoch)
+        if self.s["learner"] == "erm":
+            self.bell_optimizer.zero_grad(set_to_none=True)
+            loss = torch.stack([kd_loss(self.model(v), t, self.s["kd_quirk"]) for v, t in zip(views, targets)]).mean()
+            loss.backward()
+            self.bell_optimizer.step()
+            return
+        clone = copy.deepcopy(self.model)
+        inner = (torch.optim.Adam(clone.parameters(), lr=self.s["bell_inner_lr"]) if self.s["bell_inner"] == "adam"
+                 else torch.optim.SGD(clone.parameters(), lr=self.s["bell_inner_lr"]))
+        for view, target in zip(views, targets):  # the i-th gradient after i-1 updates
+            inner.zero_grad(set_to_none=True)
+            kd_loss(clone(view), target, self.s["kd_quirk"]).backward()
+            inner.step()
+        self.bell_optimizer.zero_grad(set_to_none=True)
+        for param, adapted in zip(self.model.parameters(), clone.parameters()):
+            param.grad = self.s["reptile_scale"] * (param.detach() - adapted.detach())
+        self.bell_optimizer.step()
+
+    def gradient_inner_product(self, views: torch.Tensor, targets: list[torch.Tensor]) -> float:
+        """Mean pairwise <grad KD_i, grad KD_j> at theta over the b tasks (Fig. 5)."""
+        params = [p for p in self.model.parameters()]
+        flat = []
+        for view, target in zip(views, targets):
+            grads = torch.autograd.grad(kd_loss(self.model(view), target, self.s["kd_quirk"]), params)
+            flat.append(torch.cat([g.flatten() for g in grads]))
+        pairs = list(itertools.combinations(range(len(flat)), 2))
+        return float(np.mean([float(flat[i] @ flat[j]) for i, j in pairs])) if pairs else 0.0
+
+    def save_recovered_grid(self, tasks: list[RecoveredTask]) -> None:
+        """The last epoch's first recovered task, one row per class (Fig. 7)."""
+        from torchvision.utils import save_image
+        task = tasks[0]
+        order = torch.argsort(task.labels.cpu(), stable=True)
+        self.ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        save_image(task.images.cpu()[order], self.ctx.artifacts_dir / "recovered_task.png",
+                   nrow=self.s["images_per_class"], padding=1)
