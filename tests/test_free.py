@@ -1,0 +1,136 @@
+"""FREE's algorithm, checked step by step on tiny settings (a few seconds)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dfmlbench.inversion.augment import GeneratedImageAugment
+from dfmlbench.inversion.generator import Generator
+from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_task
+from dfmlbench.method import RunContext
+from dfmlbench.methods import create_method
+from dfmlbench.methods.free import FreeTraining
+
+TINY = {"epochs": 2, "warmup_epochs": 1, "teachers_per_epoch": 3, "images_per_class": 4, "nz": 16,
+        "ngf": 8, "k": 3, "replay_query": 3, "replay_episode_batch": 2, "replay_max_metabatches": 1,
+        "val_interval": 1}
+
+
+def param_snapshot(module):
+    return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+def recorded_recovery(teacher, recover_at, k=3):
+    generator = Generator(nz=16, ngf=8)
+    seen = []  # parameters at each generator forward
+    generator.register_forward_pre_hook(lambda module, args: seen.append(param_snapshot(module)))
+    labels = interleaved_targets(5, 4, torch.device("cpu"))
+    task = recover_task(generator, teacher.model, labels, 16, None,
+                        GeneratedImageAugment((0.5,) * 3, (0.25,) * 3),
+                        RecoverySettings(steps=k, recover_at=recover_at), torch.Generator().manual_seed(0))
+    return generator, seen, task
+
+
+def test_inner_loop_makes_k_updates_and_recovers_at_the_adapted_generator(tiny_pool):
+    generator, seen, task = recorded_recovery(tiny_pool[0], "k")
+    assert task.updates == 3 and len(seen) == 4  # k forwards with updates, then one at the adapted params
+    assert all(not torch.equal(seen[i], seen[i + 1]) for i in range(3))  # each step changed the generator
+    final = param_snapshot(generator)
+    assert torch.equal(seen[-1], final)  # images and meta-gradient come from the adapted generator
+    assert task.images.shape == (20, 3, 32, 32) and task.meta_gradient is not None
+
+
+def test_official_recovery_stops_one_update_short(tiny_pool):
+    generator, seen, task = recorded_recovery(tiny_pool[0], "k-1")
+    assert task.updates == 2 and len(seen) == 3
+    assert not torch.equal(seen[-1], param_snapshot(generator))  # the k-th update is computed, then wasted
+
+
+def test_meta_gradient_is_the_gradient_at_the_adapted_parameters(tiny_pool):
+    generator, _, task = recorded_recovery(tiny_pool[0], "k")
+    # The last forward ran at the final parameters and produced the gradient stored in the task.
+    for name, param in generator.named_parameters():
+        torch.testing.assert_close(task.meta_gradient[name], param.grad)
+
+
+def make_training(tiny_pool, tmp_path, **settings):
+    method = create_method(settings.pop("name", "free"), {**TINY, **settings})
+    ctx = RunContext(torch.device("cpu"), 0, method.settings, "conv4", 32, 3, 5, 1, tmp_path,
+                     validator=lambda learner: 0.0)
+    return FreeTraining(method.settings, tiny_pool, ctx)
+
+
+def kd_forward_weights(training, monkeypatch):
+    """Run one learn_from_tasks and return the classifier weights at each student forward."""
+    monkeypatch.setattr(FreeTraining, "gradient_inner_product", lambda self, views, targets: 0.0)
+    teachers = [training.pool[i] for i in range(3)]
+    tasks = training.recover(teachers, warmup=False)
+    seen = []
+    training.model.register_forward_pre_hook(lambda m, a: seen.append(m.classifier.weight.detach().clone()))
+    before = training.model.classifier.weight.detach().clone()
+    training.learn_from_tasks(teachers, tasks, epoch=1)
+    return before, seen, training.model.classifier.weight.detach().clone()
+
+
+def test_bell_takes_the_ith_gradient_after_i_minus_1_sequential_updates(tiny_pool, tmp_path, monkeypatch):
+    before, seen, after = kd_forward_weights(make_training(tiny_pool, tmp_path), monkeypatch)
+    assert len(seen) == 3
+    assert torch.equal(seen[0], before)
+    assert not torch.equal(seen[1], seen[0]) and not torch.equal(seen[2], seen[1])
+    assert not torch.equal(after, before)  # the Reptile-style outer step moved theta
+
+
+def test_erm_takes_every_gradient_at_theta(tiny_pool, tmp_path, monkeypatch):
+    before, seen, after = kd_forward_weights(make_training(tiny_pool, tmp_path, name="free-erm"), monkeypatch)
+    assert len(seen) == 3 and all(torch.equal(w, before) for w in seen)
+    assert not torch.equal(after, before)
+
+
+def test_student_given_to_five_is_the_base_meta_learner(tiny_pool, tmp_path, monkeypatch):
+    training = make_training(tiny_pool, tmp_path)
+    captured = []
+    from dfmlbench.methods import free as free_module
+
+    original = free_module.recover_task
+    monkeypatch.setattr(free_module, "recover_task",
+                        lambda *args, **kw: captured.append(args[4]) or original(*args, **kw))
+    training.recover([tiny_pool[0]], warmup=False)
+    x = torch.randn(10, 3, 32, 32)
+    torch.testing.assert_close(captured[0](x), training.model(x))
+    training.recover([tiny_pool[0]], warmup=True)
+    assert captured[1] is None  # warmup: CE only
+
+
+def test_bank_receives_every_task_or_only_the_last(tiny_pool, tmp_path):
+    for bank_add, expected_tasks in (("all", 3), ("last", 1)):
+        training = make_training(tiny_pool, tmp_path, bank_add=bank_add)
+        teachers = [training.pool[i] for i in range(3)]
+        training.store(teachers, training.recover(teachers, warmup=False))
+        assert len(training.bank) == expected_tasks * 20
+        assert set(training.bank.ready_classes) <= {c for t in teachers for c in t.class_ids}
+
+
+def test_official_fidelity_preset_switches_every_deviation():
+    settings = create_method("free-official").settings
+    assert settings["bank_add"] == "last" and settings["recover_at"] == "k-1"
+    assert settings["adv_quirk"] and settings["kd_quirk"]
+    harness = create_method("free").settings
+    assert harness["bank_add"] == "all" and harness["recover_at"] == "k" and not harness["kd_quirk"]
+
+
+def test_a_full_tiny_run_records_time_curves_and_the_recovered_grid(tiny_pool, tmp_path):
+    training = make_training(tiny_pool, tmp_path)
+    learner = training.run()
+    ctx = training.ctx
+    assert ctx.recovery_clock.seconds > 0 and ctx.recovery_clock.intervals == 2 * 3  # post-warmup only
+    assert [step for step, _ in ctx.curves["grad_inner_product"]] == [2, 3]
+    assert (tmp_path / "recovered_task.png").is_file()
+    assert "last_epoch" in ctx.extra_learners and learner.model is training.model
+    assert np.isfinite(ctx.info["best_val_accuracy"])
+
+
+@pytest.mark.parametrize("bad", [{"learner": "bel"}, {"generator": "metaa"}])
+def test_bad_switch_values_are_user_errors(bad):
+    from dfmlbench.errors import UserError
+    with pytest.raises(UserError, match="must be one of"):
+        create_method("free", bad)
