@@ -53,7 +53,7 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
            rng: np.random.Generator, device: torch.device) -> ReplayStats:
     """Meta-batches of bank tasks until `patience` meta-batches bring no new best mean train
     accuracy (or the cap). Returns what ran; does nothing while the bank is too small."""
-    if len(bank.ready_classes) < settings.way:
+    if len(bank.classes_with(settings.shot + settings.query)) < settings.way:
         return ReplayStats(0, 0, float("nan"))
     best: float | None = None
     stale = metabatches = 0

@@ -95,3 +95,7 @@ def test_bank_tasks_mix_classes_and_are_class_major():
         assert int(image.mean() * 255 + 0.5) == int(task.classes[label] / 10 * 255)
     with pytest.raises(ValueError, match="holds 6 classes"):
         bank.sample_task(7, 1, 1, np.random.default_rng(0))
+    bank.add(9, torch.zeros(3, 3, 4, 4))  # too few images for a 2+3 share: never drawn
+    assert 9 not in bank.classes_with(5) and 9 in bank.ready_classes
+    for seed in range(20):
+        assert 9 not in bank.sample_task(5, 2, 3, np.random.default_rng(seed)).classes

@@ -38,6 +38,10 @@ class MemoryBank:
         """Classes with at least one stored slot, in the order they first arrived."""
         return list(self._slots)
 
+    def classes_with(self, min_images: int) -> list[int]:
+        """Classes holding at least `min_images` images (enough for one task's share)."""
+        return [c for c, slots in self._slots.items() if sum(len(s) for s in slots) >= min_images]
+
     def add(self, class_id: int, images: torch.Tensor) -> None:
         """Store one recovery's images of a class in its next slot (overwriting the oldest)."""
         stored = quantize(images)
@@ -56,16 +60,15 @@ class MemoryBank:
         return sum(sum(len(s) for s in slots) for slots in self._slots.values())
 
     def sample_task(self, way: int, shot: int, query: int, rng: np.random.Generator) -> BankTask:
-        """`way` random ready classes, then shot+query random images of each, class-major."""
-        ready = self.ready_classes
+        """`way` random classes among those holding shot+query images, then shot+query random
+        images of each, class-major."""
+        ready = self.classes_with(shot + query)
         if len(ready) < way:
-            raise ValueError(f"the bank holds {len(ready)} classes, a task needs {way}")
+            raise ValueError(f"the bank holds {len(ready)} classes with {shot + query} images, a task needs {way}")
         classes = [ready[i] for i in rng.choice(len(ready), size=way, replace=False)]
         support, queries = [], []
         for c in classes:
             pool = self.images_of(c)
-            if len(pool) < shot + query:
-                raise ValueError(f"class {c} has {len(pool)} images in the bank, a task needs {shot + query}")
             chosen = pool[torch.from_numpy(rng.choice(len(pool), size=shot + query, replace=False))]
             support.append(chosen[:shot])
             queries.append(chosen[shot:])
