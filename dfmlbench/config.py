@@ -137,6 +137,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise UserError(f"bad --set '{text}': the value is not valid YAML; quote it") from None
+    if key.count(".") == 1 and key.startswith("method_settings.") and not isinstance(value, dict):
+        raise UserError(f"bad --set '{text}': '{key}' must name a setting "
+                        f"(e.g. {key}.epochs=10) or be given a mapping")
     return key, _number_or_self(value)
 
 

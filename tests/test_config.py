@@ -87,7 +87,7 @@ def test_resolve_default_profile(quickstart):
 
 def test_resolve_smoke_profile_of_quickstart(quickstart):
     config = resolve(quickstart, "smoke", [])
-    assert config["methods"] == ["random", "best-model", "average"]
+    assert config["methods"] == ["random", "best-model", "average", "free"]
     assert config["datasets"] == ["glyphs"]
     assert config["shots"] == [1]
     assert config["pool"]["num_teachers"] == 3 and config["pool"]["epochs"] == 2
@@ -124,7 +124,8 @@ def test_resolve_method_assignments(quickstart):
     config = resolve(quickstart, "smoke", [parse_assignment("method.variant=zero-step"),
                                            parse_assignment("method_settings.random.reinit_per_task=true")])
     assert config["method_overrides"] == {"variant": "zero-step"}
-    assert config["method_settings"] == {"random": {"reinit_per_task": True}}
+    assert config["method_settings"]["random"] == {"reinit_per_task": True}
+    assert config["method_settings"]["free"]["epochs"] == 2  # the smoke profile's FREE budget
 
 
 def test_unknown_profile(quickstart):
@@ -200,7 +201,7 @@ def test_builtin_suites():
     suite = load_suite("quickstart")
     assert suite.name == "quickstart" and suite.version == 1
     assert {"paper", "cpu", "smoke"} <= set(suite.profiles)
-    assert suite.body["methods"] == ["random", "best-model", "average"]
+    assert suite.body["methods"] == ["random", "best-model", "average", "free"]
     assert "profiles" not in suite.body and "description" not in suite.body
 
 
@@ -393,7 +394,7 @@ def test_expand_cells_is_the_full_product(quickstart):
 
 def test_expand_cells_defaults_to_the_suite_methods(quickstart):
     cells = expand_cells(resolve(quickstart, "smoke", []))
-    assert [c.method.name for c in cells] == ["random", "best-model", "average"]
+    assert [c.method.name for c in cells] == ["random", "best-model", "average", "free"]
 
 
 def test_expand_cells_without_methods(tmp_path):
