@@ -35,12 +35,14 @@ class RunContext:
     validator: Callable[[Learner], float] | None = None
     progress_factory: Callable[..., Any] | None = None
     recovery_clock: Stopwatch = field(init=False)
+    validation_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
     extra_learners: dict[str, Learner] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.recovery_clock = Stopwatch(self.device)
+        self.validation_clock = Stopwatch(self.device)
 
     def generator(self, purpose: str) -> torch.Generator:
         """A torch RNG seeded from the run seed and a purpose, so streams never interfere."""
@@ -71,7 +73,8 @@ class RunContext:
         """Mean accuracy (%) on the fixed meta-val episodes, for model selection."""
         if self.validator is None:
             raise RuntimeError("this run has no validation episodes")
-        return self.validator(learner)
+        with self.validation_clock.measure():  # not meta-training time
+            return self.validator(learner)
 
     def progress(self, total: int, desc: str) -> Any:
         if self.progress_factory is None:

@@ -165,7 +165,7 @@ class CellRunner:
                  for name, other in ctx.extra_learners.items()}
         eval_seconds = time.perf_counter() - t0
         summary = summarize(accuracies)
-        recovery = ctx.recovery_clock.seconds
+        recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
         record = {
             "status": "ok", "config_hash": cell.hash,
             "suite": config["suite"]["name"], "profile": config["profile"],
@@ -176,8 +176,9 @@ class CellRunner:
                               "episode_seed": protocol["episode_seed"]},
             "timings": {
                 "recovery_seconds": recovery if cell.method.recovers_data else None,
-                "meta_train_seconds": fit_seconds - recovery,
-                "eval_seconds": eval_seconds, "pool_seconds": pool_seconds,
+                "meta_train_seconds": fit_seconds - recovery - validation,
+                "validation_seconds": validation, "eval_seconds": eval_seconds,
+                "pool_seconds": pool_seconds,
                 "wall_seconds": time.perf_counter() - wall,
             },
             "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
