@@ -58,6 +58,7 @@ class Free(Method):
         "generator_lr": 1e-3,
         "z_lr": 1e-3,
         "adv_weight": 1.0,
+        "bn_weight": 0.0,  # DeepInversion BN-statistics term (absent in FREE; for experiments)
         "outer_lr": 1e-3,  # the meta-learner's shared Adam (BELL outer step and replay)
         "bell_inner_lr": 1e-3,
         "reptile_scale": 67.0,  # D8: theta.grad = 67 (theta - theta~)
@@ -116,6 +117,7 @@ class FreeTraining:
         self.torch_rng = ctx.generator("free-torch")
         self.recovery = RecoverySettings(settings["k"], settings["generator_lr"], settings["z_lr"],
                                          adv_weight=settings["adv_weight"], adv_quirk=settings["adv_quirk"],
+                                         bn_weight=settings["bn_weight"],
                                          recover_at=settings["recover_at"])
         self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["replay_inner_steps"],
                                               settings["replay_inner_lr"], settings["replay_episode_batch"],

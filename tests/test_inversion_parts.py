@@ -99,3 +99,28 @@ def test_bank_tasks_mix_classes_and_are_class_major():
     assert 9 not in bank.classes_with(5) and 9 in bank.ready_classes
     for seed in range(20):
         assert 9 not in bank.sample_task(5, 2, 3, np.random.default_rng(seed)).classes
+
+
+def test_bn_statistics_term_is_zero_at_the_running_statistics_and_hooks_are_removed():
+    from dfmlbench.inversion.losses import BatchNormStatistics
+    from dfmlbench.models import build_model
+    teacher = build_model("conv4").eval()
+    x = torch.randn(16, 3, 32, 32)
+    with BatchNormStatistics(teacher) as bn:
+        teacher(x)
+    assert bn.total() > 0 and len(bn.terms) == 4
+    # Make the first layer's running statistics equal to this batch's: its term vanishes.
+    first = teacher.features[0]
+    with torch.no_grad():
+        inputs = first[0](x)
+        first[1].running_mean.copy_(inputs.mean((0, 2, 3)))
+        first[1].running_var.copy_(inputs.var((0, 2, 3), unbiased=False))
+    with BatchNormStatistics(teacher) as again:
+        teacher(x)
+    assert again.terms[0] < 1e-4
+    assert all(not m._forward_hooks for m in teacher.modules())
+    x.requires_grad_()
+    with BatchNormStatistics(teacher) as bn:
+        teacher(x)
+    bn.total().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -38,3 +38,39 @@ def agreement_masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tens
     else:
         per_sample = (p_t * (F.log_softmax(teacher_logits, -1) - F.log_softmax(student_logits, -1))).sum(-1)
     return (agree * per_sample).mean()
+
+
+class BatchNormStatistics:
+    """DeepInversion's feature-statistics term, collected while a teacher runs:
+    sum over its BN layers of ||mu_batch - mu_running||_2 + ||var_batch - var_running||_2,
+    with the layer *input* statistics and the biased variance.
+
+        with BatchNormStatistics(teacher) as bn:
+            logits = teacher(x)
+        loss = loss + weight * bn.total()
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.terms: list[torch.Tensor] = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _record(self, module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0]
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean)
+                          + torch.linalg.vector_norm(var - module.running_var))
+
+    def __enter__(self) -> "BatchNormStatistics":
+        self.handles = [m.register_forward_hook(self._record) for m in self.model.modules()
+                        if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def total(self) -> torch.Tensor:
+        if not self.terms:
+            raise RuntimeError("no BN layer with running statistics ran inside the block")
+        return torch.stack(self.terms).sum()

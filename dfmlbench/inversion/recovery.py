@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfmlbench.inversion.augment import GeneratedImageAugment
-from dfmlbench.inversion.losses import agreement_masked_kl
+from dfmlbench.inversion.losses import BatchNormStatistics, agreement_masked_kl
 
 StudentFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -26,6 +26,7 @@ class RecoverySettings:
     ce_weight: float = 1.0
     adv_weight: float = 1.0
     adv_quirk: bool = False  # D5: the official inner-product form of the adversarial term
+    bn_weight: float = 0.0  # DeepInversion BN-statistics term: absent in FREE (free.md §3.2)
     recover_at: str = "k"  # D2/D3: "k" = after k updates (paper); "k-1" = official
 
 
@@ -45,10 +46,16 @@ def interleaved_targets(way: int, per_class: int, device: torch.device) -> torch
 def inversion_loss(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Module,
                    student: StudentFn | None, augment: GeneratedImageAugment,
                    settings: RecoverySettings, rng: torch.Generator) -> torch.Tensor:
-    """Eq. (1): CE(teacher) - adv * agreement-masked KL(teacher || detached student)."""
+    """Eq. (1): CE(teacher) - adv * agreement-masked KL(teacher || detached student)
+    (+ bn_weight * the BN-statistics term, off in FREE)."""
     x = augment(images, rng)
-    teacher_logits = teacher(x)
-    loss = settings.ce_weight * F.cross_entropy(teacher_logits, labels)
+    if settings.bn_weight:
+        with BatchNormStatistics(teacher) as statistics:
+            teacher_logits = teacher(x)
+        loss = settings.bn_weight * statistics.total()
+    else:
+        teacher_logits, loss = teacher(x), torch.zeros((), device=x.device)
+    loss = loss + settings.ce_weight * F.cross_entropy(teacher_logits, labels)
     if student is not None and settings.adv_weight:
         with torch.no_grad():
             student_logits = student(x)
