@@ -6,8 +6,11 @@ same algorithm with `generator` and `learner` switched (free.md §7)."""
 from __future__ import annotations
 
 import copy
+import io
 import itertools
+import json
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from dfmlbench.inversion.recovery import RecoveredTask, RecoverySettings, interl
 from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RunContext
+from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.pool import Teacher, TeacherPool
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
@@ -71,6 +75,7 @@ class Free(Method):
         "replay_first_order": False,
         "bank_slots": 20,
         "val_interval": 20,
+        "checkpoint_interval": 10,  # epochs between resumable checkpoints (0: none)
         # Deviation switches (docs/deviations.md), harness defaults:
         "bank_add": "all",  # D1
         "recover_at": "k",  # D2/D3
@@ -136,9 +141,10 @@ class FreeTraining:
     def run(self) -> Learner:
         s, ctx = self.s, self.ctx
         total = s["warmup_epochs"] + s["epochs"]
-        best_val, best_state = -1.0, None
+        first, best_val, best_state = self.resume()
         with ctx.progress(total, "free epochs") as bar:
-            for epoch in range(1, total + 1):
+            bar.update(first - 1)
+            for epoch in range(first, total + 1):
                 warmup = epoch <= s["warmup_epochs"]
                 teachers = [self.pool[int(i)] for i in self.rng.integers(0, len(self.pool), s["teachers_per_epoch"])]
                 tasks = self.recover(teachers, warmup)
@@ -154,7 +160,10 @@ class FreeTraining:
                         ctx.log("val_accuracy", accuracy, epoch)
                         if accuracy > best_val:
                             best_val, best_state = accuracy, copy.deepcopy(self.model.state_dict())
+                if s["checkpoint_interval"] and epoch % s["checkpoint_interval"] == 0 and epoch < total:
+                    self.save_checkpoint(epoch, best_val, best_state)
                 bar.update(1)
+        self.checkpoint_path.unlink(missing_ok=True)
         self.save_recovered_grid(tasks)
         last = copy.deepcopy(self.model)
         ctx.also_evaluate("last_epoch", Learner(last, description="FREE meta-learner at the last epoch"))
@@ -163,6 +172,52 @@ class FreeTraining:
         ctx.info.update(best_val_accuracy=best_val, bank_images=len(self.bank),
                         bank_classes=len(self.bank.ready_classes))
         return Learner(self.model, description=f"FREE meta-learner selected on meta-val ({best_val:.2f}%)")
+
+    # -- resumable checkpoints ------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.ctx.artifacts_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, epoch: int, best_val: float, best_state: dict | None) -> None:
+        """Everything the next epochs depend on, RNG states included, so a killed cell resumes
+        here and ends exactly as an uninterrupted run would."""
+        ctx = self.ctx
+        state = {
+            "epoch": epoch, "best_val": best_val, "best_state": best_state or {},
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "bell_optimizer": self.bell_optimizer.state_dict(),
+            "generator": self.generator.state_dict(),
+            "generator_optimizer": self.generator_optimizer.state_dict(),
+            "bank": self.bank.state_dict(), "torch_rng": self.torch_rng.get_state(),
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "curves": ctx.curves, "recovery": [ctx.recovery_clock.seconds, ctx.recovery_clock.intervals],
+            "validation": [ctx.validation_clock.seconds, ctx.validation_clock.intervals],
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes_atomic(self.checkpoint_path, buffer.getvalue())
+
+    def resume(self) -> tuple[int, float, dict | None]:
+        """(first epoch to run, best val accuracy, best state) from a checkpoint, if one exists."""
+        if not self.checkpoint_path.is_file():
+            return 1, -1.0, None
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.bell_optimizer is not self.optimizer:
+            self.bell_optimizer.load_state_dict(state["bell_optimizer"])
+        self.generator.load_state_dict(state["generator"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.bank.load_state_dict(state["bank"])
+        self.torch_rng.set_state(state["torch_rng"])
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        ctx = self.ctx
+        ctx.curves.update({k: [tuple(p) for p in v] for k, v in state["curves"].items()})
+        ctx.recovery_clock.seconds, ctx.recovery_clock.intervals = state["recovery"]
+        ctx.validation_clock.seconds, ctx.validation_clock.intervals = state["validation"]
+        ctx.info["resumed_from_epoch"] = state["epoch"]
+        return state["epoch"] + 1, state["best_val"], state["best_state"] or None
 
     def student(self) -> Any:
         """The base meta-learner theta, detached (D9: never an adapted copy)."""

@@ -134,3 +134,30 @@ def test_bad_switch_values_are_user_errors(bad):
     from dfmlbench.errors import UserError
     with pytest.raises(UserError, match="must be one of"):
         create_method("free", bad)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_pool, tmp_path, monkeypatch):
+    settings = {"epochs": 3, "checkpoint_interval": 1}
+    uninterrupted = make_training(tiny_pool, tmp_path / "a", **settings)
+    expected = uninterrupted.run().model.state_dict()
+
+    import dfmlbench.methods.free as free_module
+    original, calls = free_module.replay, []
+
+    def dies_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # post-warmup epochs 2 and 3 replayed; epoch 4's replay is "killed"
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(free_module, "replay", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        make_training(tiny_pool, tmp_path / "b", **settings).run()
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(free_module, "replay", original)
+    resumed = make_training(tiny_pool, tmp_path / "b", **settings)
+    final = resumed.run().model.state_dict()
+    assert resumed.ctx.info["resumed_from_epoch"] == 3
+    for name, value in expected.items():
+        torch.testing.assert_close(final[name], value)
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()  # removed once the cell is done

@@ -53,6 +53,13 @@ class MemoryBank:
             slots.append(stored)
         self._next[int(class_id)] = (slot + 1) % self.slots_per_class
 
+    def state_dict(self) -> dict:
+        return {"slots": {c: list(slots) for c, slots in self._slots.items()}, "next": dict(self._next)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._slots = {int(c): list(slots) for c, slots in state["slots"].items()}
+        self._next = {int(c): int(i) for c, i in state["next"].items()}
+
     def images_of(self, class_id: int) -> torch.Tensor:
         return torch.cat(self._slots[int(class_id)])
 
