@@ -93,8 +93,8 @@ class Free(Method):
         for key, allowed in CHOICES.items():
             if self.settings[key] not in allowed:
                 raise UserError(f"free: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
-        if self.settings["fidelity"] == "official":
-            self.settings.update(OFFICIAL)
+        if self.settings["fidelity"] == "official":  # explicit user settings still win
+            self.settings.update({k: v for k, v in OFFICIAL.items() if k not in settings})
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None

@@ -116,6 +116,8 @@ def test_official_fidelity_preset_switches_every_deviation():
     assert settings["adv_quirk"] and settings["kd_quirk"]
     harness = create_method("free").settings
     assert harness["bank_add"] == "all" and harness["recover_at"] == "k" and not harness["kd_quirk"]
+    mixed = create_method("free-official", {"kd_quirk": False}).settings  # one switch back to the paper
+    assert not mixed["kd_quirk"] and mixed["adv_quirk"]
 
 
 def test_a_full_tiny_run_records_time_curves_and_the_recovered_grid(tiny_pool, tmp_path):
