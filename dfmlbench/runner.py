@@ -75,8 +75,11 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
     unused = set(config.get("method_overrides", {}))
     built = [_build_method(name, config, unused) for name in names]
     if unused:
-        raise UserError(f"--set method.{sorted(unused)[0]}: none of the methods run "
-                        f"({', '.join(names)}) has that setting free to change")
+        key = sorted(unused)[0]
+        known = sorted(set().union(*(free_settings(n) for n in names)))
+        hint = did_you_mean(key, known) if known else "they take no settings"
+        raise UserError(f"--set method.{key}: none of the methods run ({', '.join(names)}) "
+                        f"has that setting free to change; {hint}")
     cells = []
     for method in built:
         for dataset in config["datasets"]:
