@@ -58,9 +58,11 @@ def _match_heads(support_logits: torch.Tensor, support_labels: torch.Tensor, way
     return units[np.argsort(classes)]
 
 
-def _predict(learner: Learner, support_logits: torch.Tensor, support_labels: torch.Tensor,
+def _predict(learner: Learner, support_logits: torch.Tensor | None, support_labels: torch.Tensor,
              query_logits: torch.Tensor, way: int) -> torch.Tensor:
+    """Argmax over the output units, remapped to the episode's classes when head matching."""
     if learner.head_matching:
+        assert support_logits is not None
         units = torch.as_tensor(_match_heads(support_logits, support_labels, way))
         query_logits = query_logits.cpu()[:, units]
     return query_logits.argmax(dim=-1).cpu()
@@ -101,9 +103,9 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
                 # Predicting episode by episode beats vmap here: a plain batch of 75 queries
                 # runs dense kernels, vmap's per-episode weights would need grouped convolutions.
                 own = {name: p[i] for name, p in adapted.items()}
-                prediction = _predict(learner, forward(model, own, batch.support[i]),
-                                      batch.support_labels[i], forward(model, own, batch.query[i]),
-                                      episodes.way)
+                support_logits = forward(model, own, batch.support[i]) if learner.head_matching else None
+                prediction = _predict(learner, support_logits, batch.support_labels[i],
+                                      forward(model, own, batch.query[i]), episodes.way)
                 accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
         if progress is not None:
             progress.update(count)
