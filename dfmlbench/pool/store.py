@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from dfmlbench.errors import UserError
@@ -83,11 +83,9 @@ def sha256_of(path: Path) -> str:
 def write_teacher(folder: Path, index: int, state: dict[str, torch.Tensor]) -> tuple[str, str]:
     """Write one teacher's weights atomically; returns (file name, sha256)."""
     name = f"teacher_{index:03d}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    write_bytes_atomic(folder / name, tmp.read_bytes())
-    tmp.unlink()
-    return name, sha256_of(folder / name)
+    data = save({k: v.contiguous() for k, v in state.items()})
+    write_bytes_atomic(folder / name, data)
+    return name, hashlib.sha256(data).hexdigest()
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
