@@ -29,17 +29,24 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Ca
     return lambda params: F.cross_entropy(forward(model, params, x), y)
 
 
-def sgd_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
-              steps: int, lr: float, first_order: bool = False) -> Params:
-    """`steps` plain SGD steps (no momentum, no weight decay) on CE over the support, all parameters.
+def sgd_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, steps: int, lr: float,
+              first_order: bool = False) -> Params:
+    """`steps` plain SGD steps (no momentum, no weight decay) on `loss_of(params)`.
 
-    When `params` require grad, the result stays differentiable with respect to them: a loss
-    on the adapted parameters back-propagates through the inner steps (second-order MAML),
-    or around them with `first_order=True` (inner gradients treated as constants).
+    When `params` require grad, the result stays differentiable with respect to them (and to
+    any tensor `loss_of` captures): a loss on the adapted parameters back-propagates through
+    the inner steps (second order), or around them with `first_order=True` (inner gradients
+    treated as constants).
     """
-    grad_fn = torch.func.grad(cross_entropy_loss(model, x, y))
+    grad_fn = torch.func.grad(loss_of)
     for _ in range(steps):
         grads = grad_fn(params)
         params = {name: p - lr * (grads[name].detach() if first_order else grads[name])
                   for name, p in params.items()}
     return params
+
+
+def sgd_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+              steps: int, lr: float, first_order: bool = False) -> Params:
+    """The protocol's adaptation: SGD on CE over the support, all parameters (see `sgd_steps`)."""
+    return sgd_steps(cross_entropy_loss(model, x, y), params, steps, lr, first_order)

@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
              "lr": 0.01, "clip": 50.0, "select": "best", "seed": 0, "path": None},
     "learner": {"arch": "conv4"},
     "method_settings": {},  # method name -> {setting: value}
+    # Scale every method's paper budget (Method.paper_budget: epochs, iterations...) by one
+    # fraction, so recovery-time ratios between methods stay meaningful; explicit settings win.
+    "budget_fraction": None,
     # Settings that change speed or location, never results: left out of the config hash.
     "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None},
 }

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfmlbench.adaptation import forward, sgd_adapt
+from dfmlbench.adaptation import Params, forward, sgd_adapt
 from dfmlbench.inversion.bank import BankTask, MemoryBank
 
 
@@ -35,17 +35,24 @@ class ReplayStats:
     mean_accuracy: float
 
 
-def maml_task_loss(model: nn.Module, task: BankTask, normalize: Callable[[torch.Tensor], torch.Tensor],
-                   settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Query CE after `inner_steps` SGD steps on the support, differentiable w.r.t. the model."""
-    params = dict(model.named_parameters())
-    xs, xq = normalize(task.support.to(device)), normalize(task.query.to(device))
-    ys, yq = task.support_labels.to(device), task.query_labels.to(device)
+def maml_query_loss(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor,
+                    yq: torch.Tensor, settings: ReplaySettings,
+                    params: Params | None = None) -> tuple[torch.Tensor, float]:
+    """Query CE after `inner_steps` SGD steps on the (normalised) support, and the query
+    accuracy (%). Differentiable w.r.t. the model's parameters (or `params`) and the images."""
+    params = dict(model.named_parameters()) if params is None else params
     adapted = sgd_adapt(model, params, xs, ys, settings.inner_steps, settings.inner_lr,
                         settings.first_order)
     logits = forward(model, adapted, xq)
     accuracy = 100.0 * float((logits.argmax(-1) == yq).float().mean())
     return F.cross_entropy(logits, yq), accuracy
+
+
+def maml_task_loss(model: nn.Module, task: BankTask, normalize: Callable[[torch.Tensor], torch.Tensor],
+                   settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, float]:
+    """`maml_query_loss` on a task drawn from the bank (uint8-quantised images in [0, 1])."""
+    return maml_query_loss(model, normalize(task.support.to(device)), task.support_labels.to(device),
+                           normalize(task.query.to(device)), task.query_labels.to(device), settings)
 
 
 def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
@@ -55,12 +62,10 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
     accuracy (or the cap). Returns what ran; does nothing while the bank is too small."""
     if len(bank.classes_with(settings.shot + settings.query)) < settings.way:
         return ReplayStats(0, 0, float("nan"))
-    best: float | None = None
-    stale = metabatches = 0
+    plateau = PlateauTrigger(settings.patience)
+    metabatches = 0
     accuracies: list[float] = []
-    while stale < settings.patience:
-        if settings.max_metabatches is not None and metabatches >= settings.max_metabatches:
-            break
+    while settings.max_metabatches is None or metabatches < settings.max_metabatches:
         optimizer.zero_grad(set_to_none=True)
         batch_accuracy = []
         for _ in range(settings.episode_batch):
@@ -70,10 +75,27 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
             batch_accuracy.append(accuracy)
         optimizer.step()
         metabatches += 1
-        mean = float(np.mean(batch_accuracy))
-        accuracies.append(mean)
-        if best is None or mean > best:
-            best, stale = mean, 0
-        else:
-            stale += 1
+        accuracies.append(float(np.mean(batch_accuracy)))
+        if plateau.stalled(accuracies[-1]):
+            break
     return ReplayStats(metabatches, metabatches * settings.episode_batch, float(np.mean(accuracies)))
+
+
+class PlateauTrigger:
+    """True once `patience` consecutive values fail to beat the running max; then it resets
+    (replay's stopping rule, PURER's curriculum trigger, BiDf-MKD's plateau event rule)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best: float | None = None
+        self.stale = 0
+
+    def stalled(self, value: float) -> bool:
+        if self.best is None or value > self.best:
+            self.best, self.stale = value, 0
+            return False
+        self.stale += 1
+        if self.stale >= self.patience:
+            self.best, self.stale = None, 0
+            return True
+        return False

@@ -95,6 +95,14 @@ class Method:
     uses_teachers: ClassVar[bool] = True
     recovers_data: ClassVar[bool] = False  # True: the record's recovery time is meaningful
     defaults: ClassVar[dict[str, Any]] = {}
+    # The settings that set its training length at paper scale (e.g. {"epochs": 980}), scaled
+    # together by a suite's `budget_fraction`.
+    paper_budget: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def budget_at(cls, fraction: float) -> dict[str, int]:
+        """The paper budget scaled by `fraction` (rounded, at least 1 each)."""
+        return {key: max(1, round(value * fraction)) for key, value in cls.paper_budget.items()}
 
     def __init__(self, **settings: Any) -> None:
         unknown = sorted(set(settings) - set(self.defaults))

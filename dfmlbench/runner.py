@@ -50,12 +50,26 @@ class Outcome:
     path: Path
 
 
+def _budget_fraction(config: dict[str, Any]) -> float | None:
+    fraction = config.get("budget_fraction")
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise UserError(f"budget_fraction must be a number in (0, 1] (or null), got {fraction!r}")
+    return float(fraction)
+
+
 def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
-    """Settings: the base method's block (e.g. `free`, for all its variants, less what a
-    variant fixes), then the entry's own block, then `--set method.KEY`."""
+    """Settings, lowest priority first: the paper budget scaled by `budget_fraction`, the base
+    method's block (e.g. `free`, for all its variants, less what a variant fixes), the entry's
+    own block, then `--set method.KEY`."""
     free = free_settings(name)
-    base = METHODS.get(name).load().name
-    settings = {k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free}
+    method_class = METHODS.get(name).load()
+    base = method_class.name
+    fraction = _budget_fraction(config)
+    settings = ({k: v for k, v in method_class.budget_at(fraction).items() if k in free}
+                if fraction is not None else {})
+    settings.update({k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free})
     settings.update(config["method_settings"].get(name) or {})
     for key, value in config.get("method_overrides", {}).items():
         if key in free:  # `--set method.KEY` skips methods (variants) that fix KEY
@@ -94,6 +108,8 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
                     }
                     if method.uses_teachers:
                         cell_config["pool"] = config["pool"]
+                    if config.get("budget_fraction") is not None:  # absent: older hashes stay valid
+                        cell_config["budget_fraction"] = config["budget_fraction"]
                     cells.append(Cell(method, dataset, int(shot), int(seed), cell_config,
                                       config_hash(cell_config)))
     return cells
@@ -223,18 +239,28 @@ def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
     return outcomes
 
 
-def summary_table(outcomes: list[Outcome]) -> str:
-    """A Markdown table of the cells: accuracy ± CI and the timings that matter."""
-    rows = ["| method | dataset | shot | seed | accuracy (%) | recovery (s) | fit (s) | status |",
-            "|---|---|---|---|---|---|---|---|"]
+def recovery_seconds(record: dict[str, Any] | None) -> float | None:
+    return ((record or {}).get("timings") or {}).get("recovery_seconds")
+
+
+def summary_table(outcomes: list[Outcome], reference: str = "free") -> str:
+    """A Markdown table of the cells: accuracy ± CI, the timings that matter, and each
+    recovery time as a multiple of `reference`'s in the same dataset/shot/seed, when it ran."""
+    reference_seconds = {(o.cell.dataset, o.cell.shot, o.cell.seed): recovery_seconds(o.record)
+                         for o in outcomes if o.cell.method.name == reference}
+    rows = [f"| method | dataset | shot | seed | accuracy (%) | recovery (s) | recovery / {reference} | fit (s) | status |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         r = o.record or {}
         acc = r.get("accuracy")
         accuracy = f"{acc['mean']:.2f} ± {acc['ci95']:.2f}" if acc else "-"
         t = r.get("timings") or {}
-        recovery = f"{t['recovery_seconds']:.1f}" if t.get("recovery_seconds") is not None else "-"
+        seconds = recovery_seconds(r)
+        recovery = f"{seconds:.1f}" if seconds is not None else "-"
+        base = reference_seconds.get((o.cell.dataset, o.cell.shot, o.cell.seed))
+        ratio = f"{seconds / base:.1f}x" if seconds is not None and base else "-"
         fit = t.get("meta_train_seconds")
         fit_s = f"{fit + (t.get('recovery_seconds') or 0):.1f}" if fit is not None else "-"
         rows.append(f"| {o.cell.method.name} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
-                    f"{accuracy} | {recovery} | {fit_s} | {o.status} |")
+                    f"{accuracy} | {recovery} | {ratio} | {fit_s} | {o.status} |")
     return "\n".join(rows)

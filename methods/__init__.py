@@ -26,6 +26,10 @@ METHODS.register("best-model-hungarian", "dfmlbench.methods.best_model:BestModel
                  {"variant": "hungarian"}, "diagnostic: best teacher, head matched on the support, no steps")
 METHODS.register("average", "dfmlbench.methods.average:Average",
                  summary="element-wise mean of all teachers' weights, fine-tuned")
+METHODS.register("ota", "dfmlbench.methods.ota:OTA",
+                 summary="teachers aligned to the best one by optimal transport, averaged, fine-tuned")
+METHODS.register("dro", "dfmlbench.methods.dro:DRO",
+                 summary="(reconstructed) Wasserstein-robust hyper-network fusion, init at the mean embedding, fine-tuned")
 
 METHODS.register("free", "dfmlbench.methods.free:Free",
                  summary="FREE_5: meta-generator (FIVE, k=5) + BELL + cross-task replay")
@@ -38,6 +42,11 @@ METHODS.register("free-sequence", "dfmlbench.methods.free:Free", {"generator": "
                  "Table 5 Sequence: sequential generator + BELL")
 METHODS.register("free-official", "dfmlbench.methods.free:Free", {"fidelity": "official"},
                  "FREE with the official code's behaviour for every deviation switch")
+
+METHODS.register("purer", "dfmlbench.methods.purer:Purer",
+                 summary="PURER: learnable pseudo dataset (DeepInversion), adversarial episode curriculum, MAML")
+METHODS.register("bidf-mkd", "dfmlbench.methods.bidf_mkd:BiDfMKD",
+                 summary="BiDf-MKD (white-box): per-event generator, inner KD, boundary query, outer KD, replay")
 
 
 def free_settings(name: str) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dfmlbench.errors import UserError
+from dfmlbench.fusion import mean_state
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.models import copy_parameters
@@ -13,8 +14,7 @@ from dfmlbench.pool import TeacherPool
 
 def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Uniform mean of every entry (weights, BN affine and running statistics alike)."""
-    return {name: torch.stack([s[name].double() for s in states]).mean(0).to(states[0][name].dtype)
-            for name in states[0]}
+    return mean_state(states)
 
 
 class Average(Method):

@@ -21,6 +21,7 @@ from dfmlbench.adaptation import forward, parameters_of
 from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
+from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.generator import Generator
 from dfmlbench.inversion.losses import kd_loss
 from dfmlbench.inversion.recovery import RecoveredTask, RecoverySettings, interleaved_targets, recover_task
@@ -28,6 +29,7 @@ from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RunContext
 from dfmlbench.paths import write_bytes_atomic
+from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
@@ -49,6 +51,7 @@ CHOICES = {
 class Free(Method):
     name = "free"
     recovers_data = True
+    paper_budget = {"epochs": 980, "warmup_epochs": 19}
     defaults: dict[str, Any] = {
         "generator": "meta",  # meta (FIVE) | sequential (Baseline/Sequence ablations)
         "learner": "bell",  # bell | erm | none (Baseline: replay only)
@@ -129,6 +132,7 @@ class FreeTraining:
                                               settings["replay_patience"], settings["replay_max_metabatches"],
                                               settings["replay_first_order"])
         self.labels = interleaved_targets(ctx.way, settings["images_per_class"], self.device)
+        self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["epochs"])
 
     def _generator_optimizer(self) -> torch.optim.Optimizer:
         params = self.generator.parameters()
@@ -141,7 +145,7 @@ class FreeTraining:
     def run(self) -> Learner:
         s, ctx = self.s, self.ctx
         total = s["warmup_epochs"] + s["epochs"]
-        first, best_val, best_state = self.resume()
+        first = self.resume()
         with ctx.progress(total, "free epochs") as bar:
             bar.update(first - 1)
             for epoch in range(first, total + 1):
@@ -154,24 +158,15 @@ class FreeTraining:
                     stats = replay(self.model, self.optimizer, self.bank, self.augment.normalize,
                                    self.replay_settings, self.rng, self.device)
                     ctx.log("replay_tasks", stats.tasks, epoch)
-                    post = epoch - s["warmup_epochs"]
-                    if post % s["val_interval"] == 0 or post == s["epochs"]:
-                        accuracy = ctx.validate(Learner(self.model))
-                        ctx.log("val_accuracy", accuracy, epoch)
-                        if accuracy > best_val:
-                            best_val, best_state = accuracy, copy.deepcopy(self.model.state_dict())
+                    if self.selection.due(epoch - s["warmup_epochs"]):
+                        self.selection.observe(epoch)
                 if s["checkpoint_interval"] and epoch % s["checkpoint_interval"] == 0 and epoch < total:
-                    self.save_checkpoint(epoch, best_val, best_state)
+                    self.save_checkpoint(epoch)
                 bar.update(1)
         self.checkpoint_path.unlink(missing_ok=True)
         self.save_recovered_grid(tasks)
-        last = copy.deepcopy(self.model)
-        ctx.also_evaluate("last_epoch", Learner(last, description="FREE meta-learner at the last epoch"))
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        ctx.info.update(best_val_accuracy=best_val, bank_images=len(self.bank),
-                        bank_classes=len(self.bank.ready_classes))
-        return Learner(self.model, description=f"FREE meta-learner selected on meta-val ({best_val:.2f}%)")
+        ctx.info.update(bank_images=len(self.bank), bank_classes=len(self.bank.ready_classes))
+        return self.selection.finish("FREE")
 
     # -- resumable checkpoints ------------------------------------------------------------------
 
@@ -179,12 +174,12 @@ class FreeTraining:
     def checkpoint_path(self) -> Path:
         return self.ctx.artifacts_dir / "checkpoint.pt"
 
-    def save_checkpoint(self, epoch: int, best_val: float, best_state: dict | None) -> None:
+    def save_checkpoint(self, epoch: int) -> None:
         """Everything the next epochs depend on, RNG states included, so a killed cell resumes
         here and ends exactly as an uninterrupted run would."""
         ctx = self.ctx
         state = {
-            "epoch": epoch, "best_val": best_val, "best_state": best_state or {},
+            "epoch": epoch, "best_val": self.selection.best_val, "best_state": self.selection.best_state or {},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "bell_optimizer": self.bell_optimizer.state_dict(),
             "generator": self.generator.state_dict(),
@@ -198,10 +193,10 @@ class FreeTraining:
         torch.save(state, buffer)
         write_bytes_atomic(self.checkpoint_path, buffer.getvalue())
 
-    def resume(self) -> tuple[int, float, dict | None]:
-        """(first epoch to run, best val accuracy, best state) from a checkpoint, if one exists."""
+    def resume(self) -> int:
+        """The first epoch to run: 1, or the one after a checkpoint's (whose state is restored)."""
         if not self.checkpoint_path.is_file():
-            return 1, -1.0, None
+            return 1
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -217,7 +212,8 @@ class FreeTraining:
         ctx.recovery_clock.seconds, ctx.recovery_clock.intervals = state["recovery"]
         ctx.validation_clock.seconds, ctx.validation_clock.intervals = state["validation"]
         ctx.info["resumed_from_epoch"] = state["epoch"]
-        return state["epoch"] + 1, state["best_val"], state["best_state"] or None
+        self.selection.best_val, self.selection.best_state = state["best_val"], state["best_state"] or None
+        return state["epoch"] + 1
 
     def student(self) -> Any:
         """The base meta-learner theta, detached (D9: never an adapted copy)."""
@@ -298,9 +294,6 @@ class FreeTraining:
 
     def save_recovered_grid(self, tasks: list[RecoveredTask]) -> None:
         """The last epoch's first recovered task, one row per class (Fig. 7)."""
-        from torchvision.utils import save_image
         task = tasks[0]
-        order = torch.argsort(task.labels.cpu(), stable=True)
-        self.ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        save_image(task.images.cpu()[order], self.ctx.artifacts_dir / "recovered_task.png",
-                   nrow=self.s["images_per_class"], padding=1)
+        save_task_grid(task.images, task.labels, self.ctx.artifacts_dir / "recovered_task.png",
+                       self.s["images_per_class"])

@@ -128,7 +128,7 @@ def test_run_writes_records(smoke_run):
     assert timings["pool_seconds"] == 0.0
     assert record["pool"] is None
 
-    row = re.search(r"^\| random \| glyphs \| 1 \| 0 \| (\d+\.\d\d) ± (\d+\.\d\d) \| - \| [\d.]+ \| ran \|$",
+    row = re.search(r"^\| random \| glyphs \| 1 \| 0 \| (\d+\.\d\d) ± (\d+\.\d\d) \| - \| - \| [\d.]+ \| ran \|$",
                     result.out, re.MULTILINE)
     assert row, result.out
     assert float(row.group(1)) == pytest.approx(accuracy["mean"], abs=0.005)
@@ -357,3 +357,20 @@ def test_compare(smoke_run):
     # the same record against itself: no difference
     same = call("compare", a_path, a_path)
     assert same.code == 0 and "difference +0.00 ± 0.00" in same.out and "p = 1," in same.out
+
+
+def test_summary_table_gives_recovery_time_as_a_multiple_of_free():
+    from types import SimpleNamespace
+    from dfmlbench.runner import Outcome, summary_table
+
+    def outcome(method, recovery):
+        cell = SimpleNamespace(method=SimpleNamespace(name=method), dataset="omniglot", shot=1, seed=0)
+        record = {"accuracy": {"mean": 50.0, "ci95": 1.0},
+                  "timings": {"recovery_seconds": recovery, "meta_train_seconds": 1.0}}
+        return Outcome(cell, "ran", record, Path("x.json"))
+
+    table = summary_table([outcome("random", None), outcome("free", 2.0), outcome("purer", 9.0)])
+    assert "| recovery / free |" in table.splitlines()[0]
+    assert "| purer | omniglot | 1 | 0 | 50.00 ± 1.00 | 9.0 | 4.5x |" in table
+    assert "| free | omniglot | 1 | 0 | 50.00 ± 1.00 | 2.0 | 1.0x |" in table
+    assert "| random | omniglot | 1 | 0 | 50.00 ± 1.00 | - | - |" in table

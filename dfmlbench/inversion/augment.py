@@ -42,3 +42,9 @@ class GeneratedImageAugment:
                 (p[..., t:t + size, l:l + size].flip(-1) if f else p[..., t:t + size, l:l + size])
                 for p, (t, l), f in zip(padded, offsets.tolist(), flips.tolist())])
         return self.normalize(out).reshape(shape)
+
+
+def random_roll(images: torch.Tensor, max_shift: int, rng: torch.Generator | None = None) -> torch.Tensor:
+    """DeepInversion's jitter: one random cyclic shift in {-max_shift..max_shift}^2 for the batch."""
+    dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=rng)).tolist()
+    return torch.roll(images, shifts=(dy, dx), dims=(-2, -1))

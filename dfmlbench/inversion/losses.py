@@ -74,3 +74,13 @@ class BatchNormStatistics:
         if not self.terms:
             raise RuntimeError("no BN layer with running statistics ran inside the block")
         return torch.stack(self.terms).sum()
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's TV prior: the sum of the L2 norms of the four directional pixel
+    differences (horizontal, vertical and both diagonals) over the whole batch."""
+    horizontal = images[..., :, :-1] - images[..., :, 1:]
+    vertical = images[..., :-1, :] - images[..., 1:, :]
+    diagonal = images[..., 1:, :-1] - images[..., :-1, 1:]
+    antidiagonal = images[..., :-1, :-1] - images[..., 1:, 1:]
+    return sum(torch.linalg.vector_norm(d) for d in (horizontal, vertical, diagonal, antidiagonal))

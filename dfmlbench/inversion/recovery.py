@@ -64,15 +64,21 @@ def inversion_loss(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Modul
     return loss
 
 
+def fresh_latents(generator: nn.Module, count: int, nz: int, settings: RecoverySettings,
+                  rng: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.optim.Adam]:
+    """New latent codes z ~ N(0, I) and one fresh Adam over the generator and z (both recoveries)."""
+    z = torch.randn(count, nz, generator=rng).to(device).requires_grad_()
+    optimizer = torch.optim.Adam([{"params": list(generator.parameters()), "lr": settings.generator_lr},
+                                  {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
+    return z, optimizer
+
+
 def recover_task(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor, nz: int,
                  student: StudentFn | None, augment: GeneratedImageAugment,
                  settings: RecoverySettings, rng: torch.Generator,
                  meta_gradient: bool = True) -> RecoveredTask:
     """Adapt `generator` in place (with fresh latent codes and a fresh Adam) for k steps."""
-    device = labels.device
-    z = torch.randn(len(labels), nz, generator=rng).to(device).requires_grad_()
-    optimizer = torch.optim.Adam([{"params": list(generator.parameters()), "lr": settings.generator_lr},
-                                  {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
+    z, optimizer = fresh_latents(generator, len(labels), nz, settings, rng, labels.device)
 
     def loss_and_grads(with_grads: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         optimizer.zero_grad(set_to_none=True)
@@ -99,3 +105,22 @@ def recover_task(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor,
         with torch.no_grad():
             images = generator(z)
     return RecoveredTask(images, labels, grads, settings.steps)
+
+
+def recover_lowest_loss(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor, nz: int,
+                        student: StudentFn | None, augment: GeneratedImageAugment,
+                        settings: RecoverySettings, rng: torch.Generator) -> torch.Tensor:
+    """BiDf-MKD's recovery: train `generator` (and fresh latent codes) for `settings.steps`
+    iterations on the inversion loss and return the batch of lowest loss, detached, in [0, 1]."""
+    z, optimizer = fresh_latents(generator, len(labels), nz, settings, rng, labels.device)
+    best_loss, best_images = float("inf"), None
+    for _ in range(settings.steps):
+        optimizer.zero_grad(set_to_none=True)
+        images = generator(z)
+        loss = inversion_loss(images, labels, teacher, student, augment, settings, rng)
+        if float(loss.detach()) < best_loss:
+            best_loss, best_images = float(loss.detach()), images.detach()
+        loss.backward()
+        optimizer.step()
+    assert best_images is not None, "recovery needs at least one step"
+    return best_images

@@ -1,0 +1,185 @@
+"""BiDf-MKD (Hu et al., ICML 2023), white-box, as baselines.md §2.7 describes it.
+
+Each generation event takes one teacher: a freshly reset generator recovers a support set
+(CE only), the meta-learner adapts to it by KD for 10 second-order steps, a reset generator
+recovers a boundary query set where the teacher and the *adapted* student disagree, and the
+outer KD loss on that query is one episode of the meta-batch. Both sets enter the memory bank;
+every other episode is MAML replay on bank tasks. Recovery time = the two recoveries only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfmlbench.adaptation import Params, forward, sgd_steps
+from dfmlbench.errors import UserError
+from dfmlbench.inversion.augment import GeneratedImageAugment
+from dfmlbench.inversion.bank import MemoryBank
+from dfmlbench.inversion.grid import save_task_grid
+from dfmlbench.inversion.generator import Generator, reset_generator
+from dfmlbench.inversion.losses import kd_loss
+from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_lowest_loss
+from dfmlbench.learner import Learner
+from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_task_loss
+from dfmlbench.method import Method, RunContext
+from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.selection import ModelSelection
+
+CHOICES = {"event_rule": ("periodic", "plateau"), "aug_granularity": ("batch", "sample")}
+
+
+class BiDfMKD(Method):
+    name = "bidf-mkd"
+    recovers_data = True
+    paper_budget = {"meta_iterations": 60000, "adv_start": 4000}
+    defaults: dict[str, Any] = {
+        "meta_iterations": 60000,  # episode_train 240000 / episode_batch 4
+        "episode_batch": 4,
+        "event_rule": "periodic",  # B2: periodic (TDS) | plateau (mainKD)
+        "generate_interval": 200,  # meta-iterations between events (periodic) or without gain (plateau)
+        "support_per_class": 30,  # num_sup_kd
+        "query_per_class": 30,  # num_qur_kd
+        "generator_iterations": 200,
+        "generator_lr": 1e-3,  # Glr, for the generator and z alike
+        "nz": 256,
+        "ngf": 64,
+        "kd_inner_steps": 10,  # inner_update_num_kd
+        "inner_steps": 5,  # replay MAML inner steps
+        "inner_lr": 0.01,
+        "outer_lr": 1e-3,
+        "first_order": False,
+        "replay_query": 15,
+        "adv_weight": 1.0,
+        "adv_start": 4000,  # meta-iterations before the boundary query uses the adapted student
+        "adv_quirk": False,  # the official inner-product form of the adversarial term (as FREE D5)
+        "kd_quirk": False,  # the official softmax-as-log-prob KD (as FREE D6)
+        "bank_slots": 20,  # max_batch_per_class
+        "aug_granularity": "batch",
+        "val_interval": 2000,
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        for key, allowed in CHOICES.items():
+            if self.settings[key] not in allowed:
+                raise UserError(f"bidf-mkd: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
+
+    def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
+        assert pool is not None
+        return BiDfTraining(self.settings, pool, ctx).run()
+
+
+class BiDfTraining:
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
+        self.s, self.pool, self.ctx = settings, pool, ctx
+        self.device = ctx.device
+        self.model = ctx.build_learner_model()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
+        self.generator = Generator(settings["nz"], settings["ngf"], pool.image_size, pool.in_channels).to(self.device)
+        self.augment = GeneratedImageAugment(pool.mean, pool.std, granularity=settings["aug_granularity"])
+        self.bank = MemoryBank(settings["bank_slots"])
+        self.rng = np.random.default_rng(ctx.generator("bidf-numpy").initial_seed())
+        self.torch_rng = ctx.generator("bidf-torch")
+        self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["inner_steps"],
+                                              settings["inner_lr"], settings["episode_batch"],
+                                              first_order=settings["first_order"])
+        self.support_labels = interleaved_targets(ctx.way, settings["support_per_class"], self.device)
+        self.query_labels = interleaved_targets(ctx.way, settings["query_per_class"], self.device)
+        self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["meta_iterations"])
+        self.events = 0
+        self.last_support: torch.Tensor | None = None
+
+    def run(self) -> Learner:
+        s, ctx = self.s, self.ctx
+        plateau = PlateauTrigger(s["generate_interval"])
+        pending = True  # an event at the start, under either rule
+        with ctx.progress(s["meta_iterations"], "bidf-mkd meta-iterations") as bar:
+            for iteration in range(1, s["meta_iterations"] + 1):
+                if s["event_rule"] == "periodic":
+                    pending = pending or (iteration - 1) % s["generate_interval"] == 0
+                pending = pending or not self.bank_ready()
+                accuracy = self.meta_iteration(iteration, event=pending)
+                if pending:
+                    pending = False
+                elif s["event_rule"] == "plateau":
+                    pending = plateau.stalled(accuracy)
+                if self.selection.due(iteration):
+                    self.selection.observe(iteration)
+                bar.update(1)
+        ctx.info.update(generation_events=self.events, bank_images=len(self.bank),
+                        bank_classes=len(self.bank.ready_classes))
+        self.save_recovered_grid()
+        return self.selection.finish("BiDf-MKD")
+
+    def bank_ready(self) -> bool:
+        return len(self.bank.classes_with(self.ctx.shot + self.s["replay_query"])) >= self.ctx.way
+
+    def meta_iteration(self, iteration: int, event: bool) -> float:
+        """`episode_batch` episode losses, summed into one Adam step: generation events (one
+        teacher each) or MAML replay. Returns the replay train accuracy (nan for events)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        accuracies = []
+        for _ in range(self.s["episode_batch"]):
+            if event:
+                teacher = self.pool[int(self.rng.integers(len(self.pool)))]
+                loss = self.generation_event(teacher, boundary=iteration > self.s["adv_start"])
+            else:
+                task = self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
+                loss, accuracy = maml_task_loss(self.model, task, self.augment.normalize,
+                                                self.replay_settings, self.device)
+                accuracies.append(accuracy)
+            loss.backward()
+        self.optimizer.step()
+        accuracy = float(np.mean(accuracies)) if accuracies else float("nan")
+        if accuracies:
+            self.ctx.log("replay_accuracy", accuracy, iteration)
+        return accuracy
+
+    def recover(self, teacher: Teacher, labels: torch.Tensor, student: Any, adv_weight: float) -> torch.Tensor:
+        """A freshly reset generator trained on one teacher; the timed part (the Time column)."""
+        settings = RecoverySettings(self.s["generator_iterations"], self.s["generator_lr"], self.s["generator_lr"],
+                                    adv_weight=adv_weight, adv_quirk=self.s["adv_quirk"])
+        with self.ctx.recovery():
+            reset_generator(self.generator, self.torch_rng)
+            return recover_lowest_loss(self.generator, teacher.model, labels, self.s["nz"], student,
+                                       self.augment, settings, self.torch_rng)
+
+    def kd_targets(self, teacher: Teacher, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = self.augment(images, self.torch_rng)
+        with torch.no_grad():
+            return views, teacher.model(views)
+
+    def generation_event(self, teacher: Teacher, boundary: bool) -> torch.Tensor:
+        """Support recovery, inner KD, boundary-query recovery, outer KD (the episode's loss)."""
+        s = self.s
+        self.events += 1
+        support = self.recover(teacher, self.support_labels, None, 0.0)
+        views, targets = self.kd_targets(teacher, support)
+        adapted = self.adapt_by_kd(views, targets)
+        frozen = {name: p.detach() for name, p in adapted.items()}
+        student = (lambda x: forward(self.model, frozen, x)) if boundary else None
+        query = self.recover(teacher, self.query_labels, student, s["adv_weight"] if boundary else 0.0)
+        query_views, query_targets = self.kd_targets(teacher, query)
+        loss = kd_loss(forward(self.model, adapted, query_views), query_targets, s["kd_quirk"])
+        for images, labels in ((support, self.support_labels), (query, self.query_labels)):
+            for label, class_id in enumerate(teacher.class_ids):
+                self.bank.add(class_id, images[labels == label])
+        self.last_support = support
+        return loss
+
+    def adapt_by_kd(self, views: torch.Tensor, targets: torch.Tensor) -> Params:
+        """Inner-level KD: SGD steps from theta on KD(teacher || student) over the support views,
+        differentiable w.r.t. theta (second order unless `first_order`)."""
+        s = self.s
+        params = dict(self.model.named_parameters())
+        return sgd_steps(lambda p: kd_loss(forward(self.model, p, views), targets, s["kd_quirk"]),
+                         params, s["kd_inner_steps"], s["inner_lr"], s["first_order"])
+
+    def save_recovered_grid(self) -> None:
+        """The last event's recovered support set, one row per class (Fig. 7 style)."""
+        if self.last_support is None:
+            return
+        save_task_grid(self.last_support, self.support_labels, self.ctx.artifacts_dir / "recovered_task.png",
+                       self.s["support_per_class"])
