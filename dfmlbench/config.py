@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
         "val_episodes": 100,
         "steps": 10,  # meta-test SGD steps on all parameters
         "lr": 0.01,
+        # A list of meta-test lrs: each learner's lr is then chosen on the meta-val episodes
+        # (a diagnostic protocol; null = the paper's fixed `lr`).
+        "lr_grid": None,
         "episode_seed": 0,  # the fixed test/val episodes; the same for every method and seed
     },
     "pool": {"arch": "conv4", "num_teachers": 100, "way": 5, "epochs": 60, "batch_size": 128,
@@ -45,7 +48,8 @@ DEFAULTS: dict[str, Any] = {
     # fraction, so recovery-time ratios between methods stay meaningful; explicit settings win.
     "budget_fraction": None,
     # Settings that change speed or location, never results: left out of the config hash.
-    "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None},
+    # `download`: let a dataset that can (cifar-fs) fetch its missing source files.
+    "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False},
 }
 SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper")
 

@@ -98,6 +98,8 @@ class Method:
     # The settings that set its training length at paper scale (e.g. {"epochs": 980}), scaled
     # together by a suite's `budget_fraction`.
     paper_budget: ClassVar[dict[str, int]] = {}
+    # Settings that take one of a few named values: checked once, here, for every method.
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def budget_at(cls, fraction: float) -> dict[str, int]:
@@ -110,6 +112,10 @@ class Method:
             raise UserError(f"method '{self.name}' has no setting '{unknown[0]}': "
                             f"{did_you_mean(unknown[0], list(self.defaults)) if self.defaults else 'it takes none'}")
         self.settings = {**self.defaults, **settings}
+        for key, allowed in self.choices.items():
+            if self.settings[key] not in allowed:
+                raise UserError(f"{self.name}: {key} must be one of {', '.join(allowed)}, "
+                                f"got '{self.settings[key]}'")
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         raise NotImplementedError

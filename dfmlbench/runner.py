@@ -94,6 +94,9 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
         hint = did_you_mean(key, known) if known else "they take no settings"
         raise UserError(f"--set method.{key}: none of the methods run ({', '.join(names)}) "
                         f"has that setting free to change; {hint}")
+    _lr_grid(config["protocol"])  # fail before any cell runs
+    # Optional keys left at null stay out of the cell config, so older hashes remain valid.
+    protocol = {k: v for k, v in config["protocol"].items() if not (k == "lr_grid" and v is None)}
     cells = []
     for method in built:
         for dataset in config["datasets"]:
@@ -103,7 +106,7 @@ def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> li
                         "suite": config["suite"], "profile": config["profile"],
                         "method": {"name": method.name, "settings": method.settings},
                         "dataset": dataset, "shot": int(shot), "seed": int(seed),
-                        "protocol": config["protocol"], "learner": config["learner"],
+                        "protocol": protocol, "learner": config["learner"],
                         "runtime": config["runtime"],
                     }
                     if method.uses_teachers:
@@ -124,6 +127,21 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from None
+
+
+def _lr_grid(protocol: dict[str, Any]) -> list[float] | None:
+    grid = protocol.get("lr_grid")
+    if grid is None:
+        return None
+    grid = grid if isinstance(grid, list) else [grid]
+    try:
+        values = [float(v) for v in grid]
+    except (TypeError, ValueError):
+        values = []
+    if not values or any(not v > 0 for v in values):
+        raise UserError(f"protocol.lr_grid must be a non-empty list of positive learning rates "
+                        f"(e.g. [0.01, 0.1]) or null, got {grid!r}")
+    return values
 
 
 def _episodes(dataset, split: str, protocol: dict[str, Any], shot: int, count: int) -> EpisodeSet:
@@ -178,10 +196,25 @@ class CellRunner:
         fit_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        lr_grid = _lr_grid(protocol)
+
+        def test_protocol(candidate: Learner) -> tuple[AdaptProtocol, dict[str, float] | None]:
+            """The fixed protocol, or the grid lr that is best on the meta-val episodes."""
+            if lr_grid is None:
+                return adapt, None
+            by_lr = {str(lr): float(evaluate(candidate, dataset, val_episodes, AdaptProtocol(adapt.steps, lr),
+                                             device, chunk).mean()) for lr in lr_grid}
+            return AdaptProtocol(adapt.steps, float(max(by_lr, key=by_lr.get))), by_lr
+
+        chosen, val_by_lr = test_protocol(learner)
         with self._bar(total=len(test_episodes), desc="meta-test") as bar:
-            accuracies = evaluate(learner, dataset, test_episodes, adapt, device, chunk, bar)
-        extra = {name: summarize(evaluate(other, dataset, test_episodes, adapt, device, chunk)).as_dict()
-                 for name, other in ctx.extra_learners.items()}
+            accuracies = evaluate(learner, dataset, test_episodes, chosen, device, chunk, bar)
+        extra = {}
+        for name, other in ctx.extra_learners.items():
+            other_protocol, other_by_lr = test_protocol(other)
+            extra[name] = summarize(evaluate(other, dataset, test_episodes, other_protocol, device, chunk)).as_dict()
+            if other_by_lr is not None:
+                extra[name]["meta_test_lr"] = {"chosen": other_protocol.lr, "val_accuracy_by_lr": other_by_lr}
         eval_seconds = time.perf_counter() - t0
         summary = summarize(accuracies)
         recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
@@ -191,6 +224,8 @@ class CellRunner:
             "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
             "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
             "accuracy": summary.as_dict(), "extra_evaluations": extra,
+            "meta_test_lr": {"chosen": chosen.lr, "selected_on": "meta-val" if val_by_lr else "fixed",
+                             "val_accuracy_by_lr": val_by_lr},
             "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),
                               "episode_seed": protocol["episode_seed"]},
             "timings": {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from dfmlbench.errors import UserError
 from dfmlbench.fusion import mean_state
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
@@ -22,9 +21,7 @@ class Average(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
-        if len(pool.architectures) != 1:
-            raise UserError(f"average needs teachers of one architecture, the pool mixes "
-                            f"{', '.join(pool.architectures)}")
-        model = ctx.build_learner_model(arch=pool.architectures[0])
+        arch = pool.single_architecture("average")
+        model = ctx.build_learner_model(arch=arch)
         copy_parameters(model, average_state([t.model.state_dict() for t in pool]))
         return Learner(model, description=f"mean of {len(pool)} teachers")

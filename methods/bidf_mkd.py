@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from dfmlbench.adaptation import Params, forward, sgd_steps
-from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
@@ -34,6 +33,7 @@ class BiDfMKD(Method):
     name = "bidf-mkd"
     recovers_data = True
     paper_budget = {"meta_iterations": 60000, "adv_start": 4000}
+    choices = CHOICES
     defaults: dict[str, Any] = {
         "meta_iterations": 60000,  # episode_train 240000 / episode_batch 4
         "episode_batch": 4,
@@ -60,11 +60,6 @@ class BiDfMKD(Method):
         "val_interval": 2000,
     }
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        for key, allowed in CHOICES.items():
-            if self.settings[key] not in allowed:
-                raise UserError(f"bidf-mkd: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None

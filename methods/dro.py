@@ -57,6 +57,7 @@ def build_hypernet(embedding_dim: int, hidden: int, size: int, generator: torch.
 
 class DRO(Method):
     name = "dro"
+    choices = {"init": INITS}
     paper_budget = {"steps": 10000}  # scaled by a suite's budget_fraction
     defaults = {
         # Paper-scale values of the reconstruction (baselines.md §2.5, all [recon]).
@@ -85,8 +86,6 @@ class DRO(Method):
             s["gamma_grid"] = [float(g) for g in grid]
         except (TypeError, ValueError) as exc:
             raise UserError(f"dro: a numeric setting is not a number ({exc})") from None
-        if s["init"] not in INITS:
-            raise UserError(f"dro init must be one of {', '.join(INITS)}, got '{s['init']}'")
         if not s["gamma_grid"] or min(s["gamma_grid"]) < 0:
             raise UserError("dro gamma_grid must list at least one non-negative value")
         # The penalty's gradient step multiplies z̃ − z by (1 − 2αγ): it overshoots past the
@@ -100,10 +99,7 @@ class DRO(Method):
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         s = self._checked()
         assert pool is not None
-        if len(pool.architectures) != 1:
-            raise UserError(f"dro needs teachers of one architecture, the pool mixes "
-                            f"{', '.join(pool.architectures)}")
-        arch = pool.architectures[0]
+        arch = pool.single_architecture("dro")
         space = ParameterSpace.of(pool[0].model)
         if space.size * s["hidden"] > MAX_OUTPUT_WEIGHTS:
             raise UserError(f"dro: the hyper-network's output layer would hold {space.size * s['hidden']:,} "

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from dfmlbench.adaptation import forward, parameters_of
-from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
@@ -52,6 +51,7 @@ class Free(Method):
     name = "free"
     recovers_data = True
     paper_budget = {"epochs": 980, "warmup_epochs": 19}
+    choices = CHOICES
     defaults: dict[str, Any] = {
         "generator": "meta",  # meta (FIVE) | sequential (Baseline/Sequence ablations)
         "learner": "bell",  # bell | erm | none (Baseline: replay only)
@@ -93,9 +93,6 @@ class Free(Method):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        for key, allowed in CHOICES.items():
-            if self.settings[key] not in allowed:
-                raise UserError(f"free: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
         if self.settings["fidelity"] == "official":  # explicit user settings still win
             self.settings.update({k: v for k, v in OFFICIAL.items() if k not in settings})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from dfmlbench.errors import UserError
 from dfmlbench.fusion import SOLVERS, align_to_anchor, channel_graph, mean_state
 from dfmlbench.fusion.alignment import COSTS
 from dfmlbench.learner import Learner
@@ -22,6 +21,7 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list
 
 class OTA(Method):
     name = "ota"
+    choices = {"solver": SOLVERS, "cost": COSTS, "weighting": WEIGHTINGS}
     defaults = {
         "solver": "emd",          # exact OT (POT), as otfusion; "assignment" finds the same permutation
         "cost": "weights",        # neurons compared by incoming weights; "weights+bn" appends conv bias, BN γ, β
@@ -30,14 +30,8 @@ class OTA(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         solver, cost, weighting = (self.settings[k] for k in ("solver", "cost", "weighting"))
-        for key, value, choices in (("solver", solver, SOLVERS), ("cost", cost, COSTS),
-                                    ("weighting", weighting, WEIGHTINGS)):
-            if value not in choices:
-                raise UserError(f"ota {key} must be one of {', '.join(choices)}, got '{value}'")
         assert pool is not None
-        if len(pool.architectures) != 1:
-            raise UserError(f"ota needs teachers of one architecture, the pool mixes "
-                            f"{', '.join(pool.architectures)}")
+        pool.single_architecture("ota")
         anchor = pool.most_accurate()
         graph = channel_graph(anchor.model)
         anchor_state = {k: v.detach().cpu() for k, v in anchor.model.state_dict().items()}

@@ -73,6 +73,7 @@ class Purer(Method):
     name = "purer"
     recovers_data = True
     paper_budget = {"iterations": 15000, "adv_start": 4000}
+    choices = CHOICES
     defaults: dict[str, Any] = {
         "iterations": 15000,  # the FREE paper's PURER budget ("15000 iterations to converge")
         "candidate_teachers": 13,  # teachers per iteration (PURER+ candidate_size)
@@ -96,11 +97,6 @@ class Purer(Method):
         "val_interval": 500,
     }
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        for key, allowed in CHOICES.items():
-            if self.settings[key] not in allowed:
-                raise UserError(f"purer: {key} must be one of {', '.join(allowed)}, got '{self.settings[key]}'")
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None

@@ -232,6 +232,9 @@ BROKEN_SUITE = "suite: broken\nmethods: [random]\n  datasets: [glyphs]\n"
     (["run", *SMOKE, "--method", "random", "--set", "method.variant=zero-step"],
      ["--set method.variant", "none of the methods run (random)"]),
     (["run", *SMOKE, "--method", "random", "--device", "bogus"], ["unknown device 'bogus'"]),
+    (["run", *SMOKE, "--method", "random", "--set", "protocol.lr_grid=[0.1, -1]"],
+     ["protocol.lr_grid must be a non-empty list of positive learning rates"]),
+    (["run", *SMOKE, "--method", "random", "--set", "protocol.lr_grid=[]"], ["protocol.lr_grid"]),
     (["run", *SMOKE, "--method", "random", "--bogus-flag"], ["unrecognized arguments: --bogus-flag"]),
     (["run", "--profile", "smoke"], ["--suite"]),
     (["frobnicate"], ["invalid choice: 'frobnicate'"]),
@@ -374,3 +377,19 @@ def test_summary_table_gives_recovery_time_as_a_multiple_of_free():
     assert "| purer | omniglot | 1 | 0 | 50.00 ± 1.00 | 9.0 | 4.5x |" in table
     assert "| free | omniglot | 1 | 0 | 50.00 ± 1.00 | 2.0 | 1.0x |" in table
     assert "| random | omniglot | 1 | 0 | 50.00 ± 1.00 | - | - |" in table
+
+
+def test_meta_test_lr_chosen_on_meta_val(tmp_path, smoke_run):
+    out = tmp_path / "runs"
+    result = call("run", *SMOKE, "--method", "random", "--set", "protocol.lr_grid=[0.001, 0.01, 0.1]",
+                  "--out", out)
+    assert result.code == 0, result.err
+    record = json.loads(the_record(out, "random").read_text())
+    choice = record["meta_test_lr"]
+    assert choice["selected_on"] == "meta-val" and set(choice["val_accuracy_by_lr"]) == {"0.001", "0.01", "0.1"}
+    by_lr = choice["val_accuracy_by_lr"]
+    assert choice["chosen"] == float(max(by_lr, key=by_lr.get))
+    fixed = json.loads(the_record(smoke_run[0], "random").read_text())
+    assert fixed["meta_test_lr"] == {"chosen": 0.01, "selected_on": "fixed", "val_accuracy_by_lr": None}
+    assert "lr_grid" not in fixed["config"]["protocol"]  # null keys stay out of the hash
+    assert record["config_hash"] != fixed["config_hash"]

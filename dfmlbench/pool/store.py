@@ -67,6 +67,13 @@ class TeacherPool:
     def architectures(self) -> list[str]:
         return sorted({t.arch for t in self.teachers})
 
+    def single_architecture(self, method: str) -> str:
+        """The pool's one architecture; a one-line error for methods that fuse weights."""
+        if len(self.architectures) != 1:
+            raise UserError(f"{method} needs teachers of one architecture, the pool mixes "
+                            f"{', '.join(self.architectures)}; use a single-architecture pool")
+        return self.architectures[0]
+
     def most_accurate(self) -> Teacher:
         """The teacher with the highest recorded held-out accuracy (ties: lowest index)."""
         return max(self.teachers, key=lambda t: (t.heldout_acc, -t.index))
