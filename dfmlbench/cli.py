@@ -1,4 +1,4 @@
-"""`python -m dfmlbench run|list|compare`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="paired test of two records on the same episodes")
     compare.add_argument("records", nargs=2, type=Path, metavar="RECORD.json")
+
+    data = sub.add_parser("data", help="check the datasets on disk (verify), or fetch one (download)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{verify,download}", required=True,
+                                   parser_class=_Parser)
+    verify = data_sub.add_parser("verify", help="check split classes, image counts and disjointness; "
+                                                "say what to fix (exit 1 on a problem)")
+    verify.add_argument("datasets", nargs="*", metavar="DATASET",
+                        help="datasets to check (default: cifar-fs miniimagenet cub)")
+    verify.add_argument("--data-root", help="folder holding dataset files (else $DFMLBENCH_DATA, ../shared/data)")
+    verify.add_argument("--strict", action="store_true",
+                        help="fail also when image counts differ from the published dataset")
+    download = data_sub.add_parser("download", help="fetch a dataset's source files (cifar-fs: "
+                                                    "CIFAR-100 through torchvision) and build its cache")
+    download.add_argument("dataset", metavar="DATASET")
+    download.add_argument("--data-root", help="where to put the files (else $DFMLBENCH_DATA, else "
+                                              "the cache folder)")
     return parser
 
 
@@ -113,6 +129,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from dfmlbench.data import DATASETS, load_dataset
+
+    if args.data_command == "verify":
+        from dfmlbench.data.verify import verify
+        lines, ok = verify(args.datasets, args.data_root, args.strict)
+        print("\n".join(lines))
+        return 0 if ok else 1
+    entry = DATASETS.get(args.dataset)
+    if not entry.settings.get("download"):
+        raise UserError(f"dataset '{entry.name}' cannot be downloaded by dfmlbench; "
+                        f"`python -m dfmlbench data verify {entry.name}` says where to put its files")
+    dataset = load_dataset(entry.name, args.data_root, download=True)
+    print(f"{entry.name}: {len(dataset.images)} images of {len(dataset.class_names)} classes ready ({dataset.notes})")
+    return 0
+
+
 def _keep_freed_memory() -> None:
     """Ask glibc to keep freed blocks instead of returning each large one to the kernel.
 
@@ -133,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_freed_memory()
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare}[args.command]
+        handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare,
+                   "data": _cmd_data}[args.command]
         return handler(args)
     except UserError as exc:
         print(f"dfmlbench: error: {exc}", file=sys.stderr)

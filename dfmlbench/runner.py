@@ -165,7 +165,7 @@ class CellRunner:
         device = resolve_device(runtime["device"])
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         wall = time.perf_counter()
-        dataset = load_dataset(cell.dataset, runtime["data_root"])
+        dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
         adapt = AdaptProtocol(protocol["steps"], protocol["lr"])
         chunk = int(runtime["eval_chunk"])
 
@@ -245,17 +245,25 @@ class CellRunner:
         return record
 
 
+def _stem(out_dir: Path, cell: Cell) -> Path:
+    return record_stem(out_dir, cell.config["suite"]["name"], cell.config["profile"], cell.method.name,
+                       cell.dataset, cell.config["protocol"]["way"], cell.shot, cell.seed, cell.hash)
+
+
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
               show_progress: bool | None = None) -> list[Outcome]:
     runner = CellRunner(out_dir, show_progress)
+    stems = [_stem(out_dir, cell) for cell in cells]
+    done = [not force and is_done(stem, c.hash) for c, stem in zip(cells, stems)]
+    pending = [c for c, finished in zip(cells, done) if not finished]
+    for name in dict.fromkeys(c.dataset for c in pending):  # a missing dataset stops before any cell runs
+        runtime = next(c.config["runtime"] for c in pending if c.dataset == name)
+        load_dataset(name, runtime["data_root"], bool(runtime.get("download")))
     outcomes = []
     bar = tqdm(cells, desc="cells", disable=None if show_progress is None else not show_progress)
-    for cell in bar:
+    for cell, stem, finished in zip(bar, stems, done):
         bar.set_postfix_str(cell.label)
-        protocol = cell.config["protocol"]
-        stem = record_stem(out_dir, cell.config["suite"]["name"], cell.config["profile"],
-                           cell.method.name, cell.dataset, protocol["way"], cell.shot, cell.seed, cell.hash)
-        if not force and is_done(stem, cell.hash):
+        if finished:
             outcomes.append(Outcome(cell, "recorded", read_record(stem), stem.with_suffix(".json")))
             continue
         try:

@@ -393,3 +393,11 @@ def test_meta_test_lr_chosen_on_meta_val(tmp_path, smoke_run):
     assert fixed["meta_test_lr"] == {"chosen": 0.01, "selected_on": "fixed", "val_accuracy_by_lr": None}
     assert "lr_grid" not in fixed["config"]["protocol"]  # null keys stay out of the hash
     assert record["config_hash"] != fixed["config_hash"]
+
+
+def test_a_missing_dataset_stops_the_run_before_any_cell(tmp_path):
+    out = tmp_path / "runs"
+    result = call("run", *SMOKE, "--method", "random", "--set", "datasets=[glyphs, cifar-fs]",
+                  "--data-root", tmp_path / "empty", "--out", out)
+    assert_one_line_error(result, "cifar-fs")
+    assert not out.exists() or not any(out.rglob("*.json"))  # the glyphs cell did not run first

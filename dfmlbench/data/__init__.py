@@ -14,15 +14,24 @@ DATASETS.register("glyphs", "dfmlbench.data.glyphs_dataset:load_glyphs",
                   summary="built-in procedural strokes, 100 classes (64/16/20) x 60, RGB 32 px")
 DATASETS.register("omniglot", "dfmlbench.data.omniglot:load_omniglot",
                   summary="Omniglot background-small subset, 242 classes (155/41/46) x 20, 32 px")
+DATASETS.register("cifar-fs", "dfmlbench.data.cifar_fs:load_cifar_fs", settings={"download": True},
+                  summary="CIFAR-FS from CIFAR-100 (python files), 100 classes (64/16/20) x 600, 32 px")
+DATASETS.register("miniimagenet", "dfmlbench.data.miniimagenet:load_miniimagenet",
+                  summary="miniImageNet, Ravi split, 100 classes (64/16/20) x 600, 84 px")
+DATASETS.register("cub", "dfmlbench.data.cub:load_cub",
+                  summary="CUB-200-2011 images, 200 classes (100/50/50) x 41-60, 84 px")
 
 _loaded: dict[tuple[str, str | None], ImageDataset] = {}
 
 
-def load_dataset(name: str, data_root: str | None = None) -> ImageDataset:
-    """Load (once per process) the named dataset."""
+def load_dataset(name: str, data_root: str | None = None, download: bool = False) -> ImageDataset:
+    """Load (once per process) the named dataset. `download` lets a dataset registered with
+    the setting `download` (cifar-fs) fetch its source when it is missing; others ignore it."""
     key = (name, data_root)
     if key not in _loaded:
-        _loaded[key] = DATASETS.get(name).load()(data_root)
+        entry = DATASETS.get(name)
+        fetch = {"download": True} if download and entry.settings.get("download") else {}
+        _loaded[key] = entry.load()(data_root, **fetch)
     return _loaded[key]
 
 
