@@ -28,6 +28,8 @@ from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, Tea
 from dfmlbench.registry import did_you_mean
 
 POOL_CODE_VERSION = 1  # bump when pre-training code changes what it produces
+MIXED = "mix"  # pool.arch: each teacher's architecture drawn (seeded) from MIXED_ARCHITECTURES
+MIXED_ARCHITECTURES = ("conv4", "resnet10", "resnet18")  # Table 4 (free.md §10)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,13 @@ class PoolSpec:
     seed: int = 0
     path: str | None = None  # a ready pool folder: bring your own models
 
+    def arch_of(self, index: int) -> str:
+        """Teacher `index`'s architecture: `arch`, or for a mixed pool a draw seeded by
+        (seed, index) alone, so a smaller mixed pool is a prefix of a bigger one."""
+        if self.arch != MIXED:
+            return self.arch
+        return MIXED_ARCHITECTURES[derive_seed("teacher-arch", self.seed, index) % len(MIXED_ARCHITECTURES)]
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PoolSpec":
         unknown = sorted(set(config) - set(cls.__dataclass_fields__))
@@ -50,8 +59,9 @@ class PoolSpec:
             raise UserError(f"unknown pool setting '{unknown[0]}': "
                             f"{did_you_mean(unknown[0], list(cls.__dataclass_fields__))}")
         spec = cls(**config)
-        if spec.arch not in ARCHITECTURES:
-            raise UserError(f"unknown pool.arch '{spec.arch}': {did_you_mean(spec.arch, list(ARCHITECTURES))}")
+        if spec.arch not in ARCHITECTURES and spec.arch != MIXED:
+            choices = [*ARCHITECTURES, MIXED]
+            raise UserError(f"unknown pool.arch '{spec.arch}': {did_you_mean(spec.arch, choices)}")
         if spec.select not in ("best", "final"):
             raise UserError(f"pool.select must be 'best' or 'final', got '{spec.select}'")
         if spec.num_teachers < 1 or spec.way < 2 or spec.epochs < 1:
@@ -97,11 +107,12 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
     for index in range(len(manifest["teachers"]), spec.num_teachers):
         started = time.perf_counter()
         classes = teacher_classes(train_classes, spec.way, spec.seed, index)
-        trained = pretrain_teacher(dataset, classes, spec.arch, spec.settings(),
+        arch = spec.arch_of(index)
+        trained = pretrain_teacher(dataset, classes, arch, spec.settings(),
                                    derive_seed("teacher", spec.seed, index), device)
         file_name, sha = write_teacher(folder, index, trained.state)
         manifest["teachers"].append({
-            "file": file_name, "arch": spec.arch, "class_ids": classes,
+            "file": file_name, "arch": arch, "class_ids": classes,
             "class_names": [dataset.class_names[c] for c in classes],
             "heldout_acc": trained.heldout_acc, "best_epoch": trained.best_epoch,
             "train_seconds": round(time.perf_counter() - started, 3), "sha256": sha,
