@@ -12,7 +12,8 @@ from dfmlbench.data import load_dataset
 from dfmlbench.data.omniglot import FILE_NAME
 from dfmlbench.paths import data_root_candidates
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# At most 2 threads, fewer when OMP_NUM_THREADS asks (e.g. tests beside a running suite).
+torch.set_num_threads(min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
 
 
 @pytest.fixture(scope="session", autouse=True)
