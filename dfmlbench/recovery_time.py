@@ -1,0 +1,162 @@
+"""The paper's Time column, measured over a short span and extrapolated to the paper budgets.
+
+    python -m dfmlbench.recovery_time [--sizes 32 84] [--span 3] [--device auto] [--out FILE]
+
+Recovery cost does not depend on what the teachers learned, only on their architecture and the
+image size, so the teachers here are 100 freshly initialised Conv4 classifiers (eval mode).
+Each method runs its own recovery code with its paper settings (FREE_5, FREE_2: one epoch =
+b=4 teachers x k steps; PURER: one pseudo-data update through 13 teachers; BiDf-MKD: one event
+= two 200-step generator trainings on 150 images), timed by the same `ctx.recovery()` clock as a
+real run (CUDA-synchronised), then multiplied by the number of units in the paper's budget.
+PURER's rare adversarial iterations are not in the span (they add a MAML term).
+`--smoke` shrinks every size so the whole script runs in seconds on a CPU (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dfmlbench.method import RunContext
+from dfmlbench.methods import create_method
+from dfmlbench.models import build_model
+from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.pool.pretrain import derive_seed, teacher_classes
+
+# The paper's Table 2 Time column (hours on one RTX 3090): CIFAR-FS at 32 px, miniImageNet at 84 px.
+PAPER_HOURS = {
+    32: {"free": 0.11, "free-2": 0.05, "purer": 1.21, "bidf-mkd": 2.47},
+    84: {"free": 0.41, "free-2": 0.25, "purer": 1.31, "bidf-mkd": 8.87},
+}
+NORMALISATION = {32: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+                 84: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+SMOKE = {
+    "free": {"ngf": 8, "nz": 16, "images_per_class": 2, "k": 2},
+    "free-2": {"ngf": 8, "nz": 16, "images_per_class": 2},
+    "purer": {"candidate_teachers": 2, "query": 2},
+    "bidf-mkd": {"ngf": 8, "nz": 16, "support_per_class": 2, "query_per_class": 2, "generator_iterations": 2,
+                 "kd_inner_steps": 1},
+}
+
+
+def untrained_pool(image_size: int, count: int, device: torch.device, train_classes: int = 64) -> TeacherPool:
+    """`count` freshly initialised Conv4 teachers of 5 classes each (as the paper's pools)."""
+    teachers = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(derive_seed("timing-teacher", index))
+        model = build_model("conv4", 5, image_size, 3, generator=generator).to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        classes = teacher_classes(list(range(train_classes)), 5, 0, index)
+        teachers.append(Teacher(index, "conv4", model, classes, [str(c) for c in classes], 0.0, ""))
+    mean, std = NORMALISATION.get(image_size, NORMALISATION[84])
+    return TeacherPool(teachers, "untrained", image_size, 3, mean, std, Path("."))
+
+
+@dataclass
+class Measurement:
+    method: str
+    image_size: int
+    unit: str
+    seconds_per_unit: float
+    paper_units: int
+
+    @property
+    def hours(self) -> float:
+        return self.seconds_per_unit * self.paper_units / 3600
+
+
+def _context(method: Any, pool: TeacherPool, device: torch.device, folder: Path) -> RunContext:
+    return RunContext(device, 0, method.settings, "conv4", pool.image_size, 3, 5, 1, folder)
+
+
+def measure(name: str, pool: TeacherPool, span: int, device: torch.device, smoke: bool) -> Measurement:
+    """Run `span` recovery units of one method (after one untimed warm-up unit)."""
+    from dfmlbench.methods.bidf_mkd import BiDfTraining
+    from dfmlbench.methods.free import FreeTraining
+    from dfmlbench.methods.purer import PurerTraining
+
+    method = create_method(name, SMOKE[name] if smoke else {})
+    s = method.settings
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        ctx = _context(method, pool, device, Path(folder))
+        unit: Callable[[], None]
+        if name.startswith("free"):
+            training = FreeTraining(s, pool, ctx)
+            unit = lambda: training.recover([pool[int(i)] for i in rng.integers(0, len(pool), s["teachers_per_epoch"])],
+                                            warmup=False)
+            label, units = "epoch", s["epochs"]
+        elif name == "purer":
+            purer = PurerTraining(s, pool, ctx)
+
+            def unit() -> None:
+                with ctx.recovery():
+                    purer.invert(adversarial=False)
+            label, units = "iteration", s["iterations"]
+        else:
+            bidf = BiDfTraining(s, pool, ctx)
+            unit = lambda: bidf.generation_event(pool[int(rng.integers(len(pool)))], boundary=True)
+            label = "event"
+            units = math.ceil(s["meta_iterations"] / s["generate_interval"]) * s["episode_batch"]
+        unit()  # warm-up: allocator, kernels, cuDNN autotuning
+        ctx.recovery_clock.seconds = 0.0
+        for _ in range(span):
+            unit()
+        return Measurement(name, pool.image_size, label, ctx.recovery_clock.seconds / span, units)
+
+
+def report(measurements: list[Measurement], device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = [f"Recovery time extrapolated to the paper budgets, measured on {name} "
+            f"(torch {torch.__version__}); paper: one RTX 3090.", "",
+            "| method | px | seconds / unit | units at paper budget | hours | paper hours | x FREE_5 | paper x FREE_5 |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m in measurements:
+        free = next((f for f in measurements if f.method == "free" and f.image_size == m.image_size), None)
+        paper = PAPER_HOURS.get(m.image_size, {})
+        ratio = f"{m.hours / free.hours:.1f}" if free and free.hours else "-"
+        paper_ratio = (f"{paper[m.method] / paper['free']:.1f}" if m.method in paper and "free" in paper else "-")
+        rows.append(f"| {m.method} | {m.image_size} | {m.seconds_per_unit:.3f} per {m.unit} | {m.paper_units} | "
+                    f"{m.hours:.3f} | {paper.get(m.method, '-')} | {ratio} | {paper_ratio} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dfmlbench.recovery_time", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 84])
+    parser.add_argument("--methods", nargs="+", default=["free", "free-2", "purer", "bidf-mkd"],
+                        choices=["free", "free-2", "purer", "bidf-mkd"])
+    parser.add_argument("--span", type=int, default=3, help="timed units per method (after one warm-up)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.span < 1 or any(size % 4 for size in args.sizes):
+        parser.error("--span must be >= 1 and every size divisible by 4")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    measurements = []
+    for size in args.sizes:
+        pool = untrained_pool(size, 100, device)
+        for name in args.methods:
+            measurements.append(measure(name, pool, args.span, device, args.smoke))
+            print(f"measured {name} at {size} px", file=sys.stderr, flush=True)
+    table = report(measurements, device)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
