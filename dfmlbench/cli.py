@@ -101,7 +101,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from dfmlbench.records import load_per_episode
+    from dfmlbench.records import load_per_episode, method_label
     from dfmlbench.stats import paired_test
 
     records, per_episode = [], []
@@ -122,8 +122,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if a["test_episodes"]["sha"] != b["test_episodes"]["sha"]:
         raise UserError("the two records were tested on different episodes; a paired test needs the same ones")
     test = paired_test(*per_episode)
-    print(f"{a['method']}: {a['accuracy']['mean']:.2f} ± {a['accuracy']['ci95']:.2f}   "
-          f"{b['method']}: {b['accuracy']['mean']:.2f} ± {b['accuracy']['ci95']:.2f}")
+    print(f"{method_label(a)}: {a['accuracy']['mean']:.2f} ± {a['accuracy']['ci95']:.2f}   "
+          f"{method_label(b)}: {b['accuracy']['mean']:.2f} ± {b['accuracy']['ci95']:.2f}")
     print(f"difference {test.mean_difference:+.2f} ± {test.ci95:.2f} points over {test.n} paired episodes; "
           f"paired t-test p = {test.p_value:.3g}, Wilcoxon p = {test.wilcoxon_p:.3g}")
     return 0

@@ -95,3 +95,9 @@ def load_per_episode(record_path: Path) -> np.ndarray:
     return np.load(Path(record_path).parent / record["per_episode_file"], allow_pickle=False)
 
 
+
+
+def method_label(record: dict[str, Any]) -> str:
+    """The method's name as tables show it; reconstructed methods (no official code) say so."""
+    reconstructed = (record.get("method_info") or {}).get("reconstructed")
+    return f"{record.get('method', '?')}{' (reconstructed)' if reconstructed else ''}"

@@ -24,7 +24,7 @@ from dfmlbench.methods import METHODS, create_method, free_settings
 from dfmlbench.registry import did_you_mean
 from dfmlbench.pool import PoolSpec, obtain_pool
 from dfmlbench.pool.pretrain import derive_seed
-from dfmlbench.records import environment, is_done, read_record, record_stem, write_record
+from dfmlbench.records import environment, is_done, method_label, read_record, record_stem, write_record
 from dfmlbench.stats import summarize
 
 
@@ -304,6 +304,7 @@ def summary_table(outcomes: list[Outcome], reference: str = "free") -> str:
         ratio = f"{seconds / base:.1f}x" if seconds is not None and base else "-"
         fit = t.get("meta_train_seconds")
         fit_s = f"{fit + (t.get('recovery_seconds') or 0):.1f}" if fit is not None else "-"
-        rows.append(f"| {o.cell.method.name} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
+        label = method_label({"method": o.cell.method.name, **r})
+        rows.append(f"| {label} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
                     f"{accuracy} | {recovery} | {ratio} | {fit_s} | {o.status} |")
     return "\n".join(rows)

@@ -372,7 +372,10 @@ def test_summary_table_gives_recovery_time_as_a_multiple_of_free():
                   "timings": {"recovery_seconds": recovery, "meta_train_seconds": 1.0}}
         return Outcome(cell, "ran", record, Path("x.json"))
 
-    table = summary_table([outcome("random", None), outcome("free", 2.0), outcome("purer", 9.0)])
+    reconstructed = outcome("dro", None)
+    reconstructed.record["method_info"] = {"reconstructed": True}
+    table = summary_table([outcome("random", None), outcome("free", 2.0), outcome("purer", 9.0), reconstructed])
+    assert "| dro (reconstructed) | omniglot |" in table
     assert "| recovery / free |" in table.splitlines()[0]
     assert "| purer | omniglot | 1 | 0 | 50.00 ± 1.00 | 9.0 | 4.5x |" in table
     assert "| free | omniglot | 1 | 0 | 50.00 ± 1.00 | 2.0 | 1.0x |" in table
