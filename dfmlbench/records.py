@@ -4,7 +4,6 @@ per-episode accuracy .npy beside it, for paired tests and re-aggregation."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess

@@ -60,7 +60,6 @@ class BiDfMKD(Method):
         "val_interval": 2000,
     }
 
-
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
         return BiDfTraining(self.settings, pool, ctx).run()

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dfmlbench.adaptation import forward, parameters_of
 from dfmlbench.inversion.augment import GeneratedImageAugment

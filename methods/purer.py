@@ -97,7 +97,6 @@ class Purer(Method):
         "val_interval": 500,
     }
 
-
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
         return PurerTraining(self.settings, pool, ctx).run()

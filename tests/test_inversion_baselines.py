@@ -2,15 +2,12 @@
 
 import math
 
-import numpy as np
-import pytest
 import torch
 
 from dfmlbench.adaptation import forward
 from dfmlbench.inversion.augment import random_roll
-from dfmlbench.inversion.generator import Generator
 from dfmlbench.inversion.losses import total_variation
-from dfmlbench.maml import PlateauTrigger, maml_query_loss
+from dfmlbench.maml import PlateauTrigger
 from dfmlbench.method import RunContext
 from dfmlbench.methods import create_method
 from dfmlbench.methods.bidf_mkd import BiDfTraining

@@ -31,7 +31,7 @@ from PIL import Image
 from dfmlbench.cli import main
 from dfmlbench.data import cifar_fs as cifar_module
 from dfmlbench.data import cub as cub_module
-from dfmlbench.data import miniimagenet as mini_module
+from dfmlbench.data import image_files as image_files_module
 from dfmlbench.data.cifar_fs import load_cifar_fs
 from dfmlbench.data.cub import load_cub
 from dfmlbench.data.miniimagenet import load_miniimagenet
@@ -291,13 +291,13 @@ def test_mini_both_layouts_give_the_same_dataset(mini_csv, tmp_path):
 
 def test_mini_second_load_is_from_the_cache(mini_csv, own_cache, monkeypatch):
     decoded = []
-    decode = mini_module.decode_images
+    decode = image_files_module.decode_images
 
     def counting(paths, *args):
         decoded.append(len(paths))
         return decode(paths, *args)
 
-    monkeypatch.setattr(mini_module, "decode_images", counting)
+    monkeypatch.setattr(image_files_module, "decode_images", counting)  # read by the shared loader
     first = load_miniimagenet(str(mini_csv))
     second = load_miniimagenet(str(mini_csv))
     assert decoded == [100 * PER_CLASS] and torch.equal(first.images, second.images)

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from dfmlbench.data.base import ImageDataset
-from dfmlbench.data.image_files import decode_images, list_images
-from dfmlbench.data.sources import (IMAGENET_MEAN, IMAGENET_STD, Survey, cached_arrays,
-                                    class_split, grouped_labels, image_dataset, source_key,
-                                    survey_class_files)
+from dfmlbench.data.image_files import list_images
+from dfmlbench.data.sources import Survey, class_split, load_image_files, survey_class_files
 from dfmlbench.errors import UserError
 from dfmlbench.paths import data_root_candidates
 
@@ -82,17 +80,6 @@ def survey(data_root: str | None = None) -> Survey:
 
 def load_cub(data_root: str | None = None) -> ImageDataset:
     found, files = survey_files(data_root)
-    found.raise_first_error()
-    paths = [p for class_files in files for p in class_files]
-    split = found.split
-    key = source_key([NAME, LOADER_VERSION, IMAGE_SIZE, SHUFFLE_SEED, split.text()], paths)
-
-    def build() -> dict[str, np.ndarray]:
-        return {"images": decode_images(paths, IMAGE_SIZE, f"decoding {NAME}"),
-                "labels": grouped_labels(found.counts)}
-
-    arrays, path, _ = cached_arrays(NAME, IMAGE_SIZE, LOADER_VERSION, found.location, key, build)
-    return image_dataset(NAME, arrays, split, IMAGENET_MEAN, IMAGENET_STD,
-                         notes=f"{found.location}, whole images, sorted then shuffled per class "
-                               f"(seed {SHUFFLE_SEED} + class name), {IMAGE_SIZE} px PIL bilinear; "
-                               f"cache {path}")
+    return load_image_files(NAME, found, files, IMAGE_SIZE, LOADER_VERSION, [SHUFFLE_SEED], lambda cache: (
+        f"{found.location}, whole images, sorted then shuffled per class (seed {SHUFFLE_SEED} + class "
+        f"name), {IMAGE_SIZE} px PIL bilinear; cache {cache}"))

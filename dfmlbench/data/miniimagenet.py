@@ -17,13 +17,9 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 from dfmlbench.data.base import SPLITS, ImageDataset
-from dfmlbench.data.image_files import decode_images, list_images
-from dfmlbench.data.sources import (IMAGENET_MEAN, IMAGENET_STD, ClassSplit, Survey,
-                                    cached_arrays, class_split, grouped_labels, image_dataset,
-                                    source_key, survey_class_files)
+from dfmlbench.data.image_files import list_images
+from dfmlbench.data.sources import ClassSplit, Survey, class_split, load_image_files, survey_class_files
 from dfmlbench.errors import UserError
 from dfmlbench.paths import data_root_candidates
 
@@ -175,17 +171,5 @@ def survey(data_root: str | None = None) -> Survey:
 
 def load_miniimagenet(data_root: str | None = None) -> ImageDataset:
     found, files = survey_files(data_root)
-    found.raise_first_error()
-    paths = [p for class_files in files for p in class_files]
-    split = found.split
-    key = source_key([NAME, LOADER_VERSION, IMAGE_SIZE, split.text()], paths)
-
-    def build() -> dict[str, np.ndarray]:
-        return {"images": decode_images(paths, IMAGE_SIZE, f"decoding {NAME}"),
-                "labels": grouped_labels(found.counts)}
-
-    arrays, path, _ = cached_arrays(NAME, IMAGE_SIZE, LOADER_VERSION, found.location, key, build)
-    return image_dataset(NAME, arrays, split, IMAGENET_MEAN, IMAGENET_STD,
-                         notes=f"{found.location} ({found.layout}), sorted files, {IMAGE_SIZE} px "
-                               f"PIL bilinear; cache {path}")
-
+    return load_image_files(NAME, found, files, IMAGE_SIZE, LOADER_VERSION, [], lambda cache: (
+        f"{found.location} ({found.layout}), sorted files, {IMAGE_SIZE} px PIL bilinear; cache {cache}"))

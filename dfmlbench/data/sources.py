@@ -184,3 +184,22 @@ def image_dataset(name: str, arrays: dict[str, np.ndarray], split: ClassSplit,
 def grouped_labels(counts: list[int]) -> np.ndarray:
     """Class ids of images stored class after class: [0]*counts[0] + [1]*counts[1] + ..."""
     return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+def load_image_files(name: str, found: Survey, files: list[list[Path]], image_size: int, version: int,
+                     key_parts: list[object], notes: Callable[[Path], str]) -> ImageDataset:
+    """An image-folder dataset (miniImageNet, CUB): stop at the survey's first error, then read the
+    cache or decode every file once (resized, uint8) and cache it. `key_parts` are the loader's
+    own settings that change the arrays; `notes(cache_path)` describes the result."""
+    from dfmlbench.data.image_files import decode_images  # PIL only when a loader needs it
+
+    found.raise_first_error()
+    paths = [p for class_files in files for p in class_files]
+    key = source_key([name, version, image_size, *key_parts, found.split.text()], paths)
+
+    def build() -> dict[str, np.ndarray]:
+        return {"images": decode_images(paths, image_size, f"decoding {name}"),
+                "labels": grouped_labels(found.counts)}
+
+    arrays, path, _ = cached_arrays(name, image_size, version, found.location, key, build)
+    return image_dataset(name, arrays, found.split, IMAGENET_MEAN, IMAGENET_STD, notes=notes(path))
