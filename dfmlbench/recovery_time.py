@@ -14,7 +14,6 @@ PURER's rare adversarial iterations are not in the span (they add a MAML term).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -25,9 +24,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dfmlbench.errors import UserError
 from dfmlbench.method import RunContext
 from dfmlbench.methods import create_method
 from dfmlbench.models import build_model
+from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.pool.pretrain import derive_seed, teacher_classes
 
@@ -131,7 +132,10 @@ def report(measurements: list[Measurement], device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dfmlbench.recovery_time", description=__doc__.split("\n")[0])
+    from dfmlbench.cli import _Parser  # one-line errors, as every dfmlbench command
+    from dfmlbench.runner import resolve_device
+
+    parser = _Parser(prog="dfmlbench.recovery_time", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 84])
     parser.add_argument("--methods", nargs="+", default=["free", "free-2", "purer", "bidf-mkd"],
                         choices=["free", "free-2", "purer", "bidf-mkd"])
@@ -139,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    args = parser.parse_args(argv)
-    if args.span < 1 or any(size % 4 for size in args.sizes):
-        parser.error("--span must be >= 1 and every size divisible by 4")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    try:
+        args = parser.parse_args(argv)
+        if args.span < 1 or any(size < 16 or size % 4 for size in args.sizes):
+            raise UserError("--span must be >= 1 and every size a multiple of 4, at least 16 "
+                            "(e.g. --span 3 --sizes 32 84)")
+        device = resolve_device(args.device)
+    except UserError as exc:
+        print(f"dfmlbench: error: {exc}", file=sys.stderr)
+        return 2
     measurements = []
     for size in args.sizes:
         pool = untrained_pool(size, 100, device)
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        write_bytes_atomic(args.out, (table + "\n").encode())
     return 0
 
 

@@ -38,3 +38,10 @@ def test_script_prints_hours_beside_the_paper_and_the_ratios(tmp_path, capsys):
         assert float(row.group(3)) == PAPER_HOURS[32][name]
     assert re.search(r"^\| free \| 32 .* \| 1\.0 \| 1\.0 \|$", table, re.MULTILINE)
     assert re.search(r"^\| purer \| 32 .* \| 11\.0 \|$", table, re.MULTILINE)  # 1.21 h / 0.11 h
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    for argv in (["--span", "0"], ["--sizes", "30"], ["--device", "bogus"], ["--methods", "nope"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dfmlbench: error: "), err
