@@ -1,10 +1,11 @@
-"""`python -m dfmlbench run|list|compare|data`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|report|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import ctypes
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -36,8 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    lister = sub.add_parser("list", help="list methods, suites or datasets")
-    lister.add_argument("what", nargs="?", default="methods", choices=["methods", "suites", "datasets"])
+    report = sub.add_parser("report", help="a suite's table (Markdown, LaTeX, CSV) and figures from its records")
+    report.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
+    report.add_argument("--profile", help="the profile whose records to use (default: the suite's default_profile)")
+    report.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="the same overrides the records were run with")
+    report.add_argument("--runs", default="runs", help="records folder, as given to run --out (default: ./runs)")
+    report.add_argument("--out", help="report folder (default: reports/SUITE-PROFILE)")
+
+    lister = sub.add_parser("list", help="list methods, suites, datasets or analyses")
+    lister.add_argument("what", nargs="?", default="methods",
+                        choices=["methods", "suites", "datasets", "analyses"])
 
     compare = sub.add_parser("compare", help="paired test of two records on the same episodes")
     compare.add_argument("records", nargs=2, type=Path, metavar="RECORD.json")
@@ -62,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from dfmlbench.config import load_suite, parse_assignment, resolve
+    from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
     from dfmlbench.runner import expand_cells, run_cells, summary_table
 
     assignments = [parse_assignment(a) for a in args.assignments]
@@ -72,9 +83,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     config = resolve(suite, args.profile, assignments)
     cells = expand_cells(config, args.method)
-    print(f"suite {suite.name} (profile {config['profile']}): {len(cells)} cell(s) -> {args.out}")
+    analyses = [] if args.method else expand_analysis_cells(config)
+    print(f"suite {suite.name} (profile {config['profile']}): {len(cells) + len(analyses)} cell(s) -> {args.out}")
+    for cell in analyses:
+        status, _ = run_analysis_cell(cell, Path(args.out), args.force)
+        print(f"{cell.label}: {status}")
     outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
-    print(summary_table(outcomes))
+    if outcomes:
+        print(summary_table(outcomes))
     ran = sum(o.status == "ran" for o in outcomes)
     recorded = sum(o.status == "recorded" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -91,6 +107,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "datasets":
         from dfmlbench.data import DATASETS
         entries = [(e.name, e.summary) for e in DATASETS]
+    elif args.what == "analyses":
+        from dfmlbench.analysis.cells import ANALYSES
+        entries = [(e.name, e.summary) for e in ANALYSES]
     else:
         from dfmlbench.config import load_suite, suite_names
         entries = [(n, load_suite(n).description) for n in suite_names()]
@@ -126,6 +145,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
           f"{method_label(b)}: {b['accuracy']['mean']:.2f} ± {b['accuracy']['ci95']:.2f}")
     print(f"difference {test.mean_difference:+.2f} ± {test.ci95:.2f} points over {test.n} paired episodes; "
           f"paired t-test p = {test.p_value:.3g}, Wilcoxon p = {test.wilcoxon_p:.3g}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from dfmlbench.config import load_suite, parse_assignment, resolve
+    from dfmlbench.reporting.report import make_report
+    from dfmlbench.reporting.tables import to_markdown
+
+    suite = load_suite(args.suite)
+    config = resolve(suite, args.profile, [parse_assignment(a) for a in args.assignments])
+    out = Path(args.out or f"reports/{suite.name}-{config['profile']}")
+    report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv))
+    if report.table is not None:
+        print(to_markdown(report.table), end="")
+    for path, _ in report.figures:
+        print(f"figure: {path}")
+    if report.missing:
+        print(f"{len(report.missing)} cell(s) have no finished record, e.g. {report.missing[0]}; "
+              f"the table shows them as –", file=sys.stderr)
+    print(f"report written to {out}")
     return 0
 
 
@@ -165,7 +204,10 @@ def _keep_freed_memory() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _keep_freed_memory()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = _parser().parse_args(argv)
+        if args.command == "report":
+            return _cmd_report(args, argv)
         handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare,
                    "data": _cmd_data}[args.command]
         return handler(args)

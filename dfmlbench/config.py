@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from dfmlbench.paths import PACKAGE_DIR
 from dfmlbench.registry import did_you_mean
 
 SUITES_DIR = PACKAGE_DIR / "suites"
-LIST_KEYS = ("methods", "datasets", "shots", "seeds")
+LIST_KEYS = ("methods", "datasets", "shots", "seeds", "analyses")
 
 DEFAULTS: dict[str, Any] = {
     "methods": [],
@@ -44,6 +44,13 @@ DEFAULTS: dict[str, Any] = {
              "lr": 0.01, "clip": 50.0, "select": "best", "seed": 0, "path": None},
     "learner": {"arch": "conv4"},
     "method_settings": {},  # method name -> {setting: value}
+    # Extra cell axes: a dotted setting -> the values it takes (e.g. pool.num_teachers for
+    # Fig. 6); every combination of methods x datasets x shots x seeds runs at each value.
+    "sweep": {},
+    # Analyses of the teacher pools (dfmlbench/analysis; e.g. teacher-features for Fig. 4):
+    # they train no learner and run once per dataset x seed.
+    "analyses": [],
+    "analysis_settings": {},  # analysis name -> {setting: value}
     # Scale every method's paper budget (Method.paper_budget: epochs, iterations...) by one
     # fraction, so recovery-time ratios between methods stay meaningful; explicit settings win.
     "budget_fraction": None,
@@ -51,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     # `download`: let a dataset that can (cifar-fs) fetch its missing source files.
     "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False},
 }
-SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper")
+SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper", "report")
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Suite:
     profiles: dict[str, dict[str, Any]]
     body: dict[str, Any]  # the suite's own settings, merged onto DEFAULTS at resolve time
     path: Path
+    report: dict[str, Any] = field(default_factory=dict)  # how `report` lays out its records
 
 
 def _read_yaml(path: Path) -> Any:
@@ -101,8 +109,11 @@ def load_suite(name_or_path: str) -> Suite:
     default_profile = raw.get("default_profile", "paper")
     if default_profile not in profiles:
         raise UserError(f"{path}: default_profile '{default_profile}' is not among its profiles")
+    report = raw.get("report") or {}
+    if not isinstance(report, dict):
+        raise UserError(f"{path}: 'report' must be a mapping (table, figures, reference)")
     return Suite(str(raw.get("suite", path.stem)), int(raw.get("version", 1)),
-                 str(raw.get("description", "")), default_profile, profiles, body, path)
+                 str(raw.get("description", "")), default_profile, profiles, body, path, report)
 
 
 def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, prefix: str = "") -> None:
@@ -111,16 +122,24 @@ def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, pre
             raise UserError(f"{where}: unknown setting '{prefix}{key}': {did_you_mean(key, list(reference))}")
         if isinstance(reference[key], dict) and not isinstance(value, dict):
             raise UserError(f"{where}: '{prefix}{key}' must be a mapping")
-        if key == "method_settings":
+        if key in ("method_settings", "analysis_settings"):
             if not all(isinstance(v, dict) for v in value.values()):
-                raise UserError(f"{where}: method_settings must map method names to mappings of settings")
+                raise UserError(f"{where}: {key} must map names to mappings of settings")
+        elif key == "sweep":
+            for swept, values in value.items():
+                _check_dotted(swept, f"{where} sweep")
+                if not isinstance(values, list) or not values:
+                    raise UserError(f"{where}: sweep.{swept} must be a non-empty list of values")
         elif isinstance(reference[key], dict):
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 
 def _check_dotted(key: str, where: str) -> None:
     parts = key.split(".")
-    if parts[0] in ("method", "method_settings"):
+    if parts[0] == "sweep" and len(parts) > 1:  # sweep.<dotted setting>: its list of values
+        _check_dotted(".".join(parts[1:]), where)
+        return
+    if parts[0] in ("method", "method_settings", "analysis_settings"):
         if len(parts) < 2:
             raise UserError(f"{where}: '{key}' must name a setting, e.g. method_settings.best-model.variant")
         return
@@ -160,13 +179,15 @@ def _number_or_self(value: Any) -> Any:
     return value
 
 
-def _assign(config: dict[str, Any], key: str, value: Any) -> None:
+def assign(config: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if parts[0] == "method":  # applies to whichever method is being run; kept apart
         config.setdefault("method_overrides", {})[".".join(parts[1:])] = value
         return
-    if parts[0] == "method_settings" and len(parts) > 2:
-        parts = ["method_settings", parts[1], ".".join(parts[2:])]
+    if parts[0] in ("method_settings", "analysis_settings") and len(parts) > 2:
+        parts = [parts[0], parts[1], ".".join(parts[2:])]
+    elif parts[0] == "sweep" and len(parts) > 1:
+        parts = ["sweep", ".".join(parts[1:])]
     node = config
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -193,7 +214,7 @@ def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]
                         f"{did_you_mean(profile, list(suite.profiles))}")
     config = _deep_merge(DEFAULTS, suite.body)
     for key, value in [*suite.profiles.get(profile, {}).items(), *assignments]:
-        _assign(config, key, value)
+        assign(config, key, value)
     _check_keys({k: v for k, v in config.items() if k != "method_overrides"}, DEFAULTS, "settings")
     for key in LIST_KEYS:
         if not isinstance(config[key], list):
@@ -208,3 +229,11 @@ def config_hash(cell_config: dict[str, Any]) -> str:
     identity = {k: v for k, v in cell_config.items() if k != "runtime"}
     identity["suite"] = {k: v for k, v in cell_config["suite"].items() if k != "path"}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sweep_points(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the swept settings' values, in suite order ([{}] without a sweep)."""
+    points: list[dict[str, Any]] = [{}]
+    for key, values in config.get("sweep", {}).items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points

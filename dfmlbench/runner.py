@@ -6,14 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import time
 import traceback
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from dfmlbench.config import config_hash
+from dfmlbench.config import assign, config_hash, sweep_points
 from dfmlbench.data import load_dataset
 from dfmlbench.episodes import EpisodeSet, make_episodes
 from dfmlbench.errors import UserError
@@ -36,10 +37,13 @@ class Cell:
     seed: int
     config: dict[str, Any]
     hash: str
+    sweep: dict[str, Any] = field(default_factory=dict)  # this cell's values of the swept settings
 
     @property
     def label(self) -> str:
-        return f"{self.method.name} {self.dataset} {self.config['protocol']['way']}w{self.shot}s seed {self.seed}"
+        swept = "".join(f" {key}={value}" for key, value in self.sweep.items())
+        return (f"{self.method.name} {self.dataset} {self.config['protocol']['way']}w{self.shot}s "
+                f"seed {self.seed}{swept}")
 
 
 @dataclass
@@ -79,9 +83,23 @@ def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method
 
 
 def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> list[Cell]:
+    """Method cells at every sweep point; a method the sweep does not touch (e.g. Random under
+    a pool-size sweep) gets the same cell, by hash, at each point and runs once."""
     names = methods or config["methods"]
     if not names:
+        if config.get("analyses"):
+            return []
         raise UserError("no methods to run: pass --method NAME or list methods in the suite")
+    cells: list[Cell] = []
+    for point in sweep_points(config):
+        swept = copy.deepcopy(config)
+        for key, value in point.items():
+            assign(swept, key, value)
+        cells += [replace(cell, sweep=point) for cell in _expand_point(swept, names)]
+    return cells
+
+
+def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
     unknown = sorted(set(config["method_settings"]) - set(METHODS.names()))
     if unknown:
         raise UserError(f"method_settings names an unknown method '{unknown[0]}': "
@@ -235,6 +253,7 @@ class CellRunner:
                 "pool_seconds": pool_seconds,
                 "wall_seconds": time.perf_counter() - wall,
             },
+            "sweep": cell.sweep,
             "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
             "pool": pool_info, "dataset_fingerprint": dataset.fingerprint(),
             "config": config, "environment": environment(device),
@@ -245,7 +264,7 @@ class CellRunner:
         return record
 
 
-def _stem(out_dir: Path, cell: Cell) -> Path:
+def cell_stem(out_dir: Path, cell: Cell) -> Path:
     return record_stem(out_dir, cell.config["suite"]["name"], cell.config["profile"], cell.method.name,
                        cell.dataset, cell.config["protocol"]["way"], cell.shot, cell.seed, cell.hash)
 
@@ -253,7 +272,9 @@ def _stem(out_dir: Path, cell: Cell) -> Path:
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
               show_progress: bool | None = None) -> list[Outcome]:
     runner = CellRunner(out_dir, show_progress)
-    stems = [_stem(out_dir, cell) for cell in cells]
+    unique = {cell_stem(out_dir, cell): cell for cell in reversed(cells)}  # first of identical cells
+    cells = [cell for cell in cells if unique.get(cell_stem(out_dir, cell)) is cell]
+    stems = [cell_stem(out_dir, cell) for cell in cells]
     done = [not force and is_done(stem, c.hash) for c, stem in zip(cells, stems)]
     pending = [c for c, finished in zip(cells, done) if not finished]
     for name in dict.fromkeys(c.dataset for c in pending):  # a missing dataset stops before any cell runs
@@ -305,6 +326,7 @@ def summary_table(outcomes: list[Outcome], reference: str = "free") -> str:
         fit = t.get("meta_train_seconds")
         fit_s = f"{fit + (t.get('recovery_seconds') or 0):.1f}" if fit is not None else "-"
         label = method_label({"method": o.cell.method.name, **r})
+        label += "".join(f" ({key}={value})" for key, value in o.cell.sweep.items())
         rows.append(f"| {label} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
                     f"{accuracy} | {recovery} | {ratio} | {fit_s} | {o.status} |")
     return "\n".join(rows)

@@ -367,7 +367,7 @@ def test_summary_table_gives_recovery_time_as_a_multiple_of_free():
     from dfmlbench.runner import Outcome, summary_table
 
     def outcome(method, recovery):
-        cell = SimpleNamespace(method=SimpleNamespace(name=method), dataset="omniglot", shot=1, seed=0)
+        cell = SimpleNamespace(method=SimpleNamespace(name=method), dataset="omniglot", shot=1, seed=0, sweep={})
         record = {"accuracy": {"mean": 50.0, "ci95": 1.0},
                   "timings": {"recovery_seconds": recovery, "meta_train_seconds": 1.0}}
         return Outcome(cell, "ran", record, Path("x.json"))

@@ -1,0 +1,1 @@
+"""Analyses of teacher pools that feed figures (not methods: they train nothing)."""

@@ -1,0 +1,136 @@
+"""Find the records a report is made of: exactly the cells `run` would make for the same suite,
+profile and overrides, so a table never mixes profiles or stale configurations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysis_cells
+from dfmlbench.records import load_per_episode, method_label, read_record
+from dfmlbench.runner import Cell, cell_stem, expand_cells
+from dfmlbench.stats import Z95
+
+
+@dataclass
+class Found:
+    """A method cell and its record (None when it has not run, or failed)."""
+
+    cell: Cell
+    path: Path
+    record: dict[str, Any] | None
+
+    def per_episode(self) -> np.ndarray:
+        return load_per_episode(self.path)
+
+
+@dataclass
+class FoundAnalysis:
+    cell: AnalysisCell
+    path: Path
+    record: dict[str, Any] | None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        assert self.record is not None
+        with np.load(self.path.parent / self.record["arrays_file"], allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _ok(path: Path) -> dict[str, Any] | None:
+    record = read_record(path.with_suffix(""))
+    return record if record and record.get("status") == "ok" else None
+
+
+def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[FoundAnalysis]]:
+    cells = expand_cells(config)
+    found, seen = [], set()
+    for cell in cells:
+        path = cell_stem(runs_dir, cell).with_suffix(".json")
+        key = (path, tuple(cell.sweep.items()))
+        if key not in seen:
+            seen.add(key)
+            found.append(Found(cell, path, _ok(path)))
+    analyses = []
+    for cell in expand_analysis_cells(config):
+        path = analysis_stem(runs_dir, cell).with_suffix(".json")
+        record = _ok(path)
+        if record is not None and not (path.parent / record.get("arrays_file", "")).is_file():
+            record = None
+        analyses.append(FoundAnalysis(cell, path, record))
+    return found, analyses
+
+
+def sweep_key(sweep: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sweep.items())
+
+
+@dataclass
+class Aggregate:
+    """One method x dataset x shot (x sweep point) over its seeds.
+
+    `mean` is the mean of the seeds' means; `ci95` is 1.96·std/√n of the seed-averaged
+    per-episode accuracies (episodes are shared by seeds); `seed_sd` the spread of seed means.
+    """
+
+    method: str
+    label: str
+    dataset: str
+    shot: int
+    sweep: dict[str, Any]
+    seeds: list[int] = field(default_factory=list)
+    missing_seeds: list[int] = field(default_factory=list)
+    mean: float | None = None
+    ci95: float | None = None
+    seed_sd: float | None = None
+    per_episode: np.ndarray | None = None
+    episodes_sha: str | None = None
+    recovery_hours: float | None = None
+    devices: list[str] = field(default_factory=list)
+    curves: list[dict[str, Any]] = field(default_factory=list)  # per seed
+    artifacts: list[Path] = field(default_factory=list)  # per seed
+
+    @property
+    def complete(self) -> bool:
+        return self.mean is not None
+
+
+def aggregate(found: list[Found]) -> dict[tuple[str, str, int, tuple[tuple[str, Any], ...]], Aggregate]:
+    groups: dict[tuple[str, str, int, tuple[tuple[str, Any], ...]], list[Found]] = {}
+    for item in found:
+        key = (item.cell.method.name, item.cell.dataset, item.cell.shot, sweep_key(item.cell.sweep))
+        groups.setdefault(key, []).append(item)
+    return {key: _aggregate(key, items) for key, items in groups.items()}
+
+
+def _aggregate(key: tuple[str, str, int, tuple[tuple[str, Any], ...]], items: list[Found]) -> Aggregate:
+    method, dataset, shot, sweep = key
+    done = [i for i in items if i.record is not None]
+    label = method_label(done[0].record) if done else method  # type: ignore[arg-type]
+    result = Aggregate(method, label, dataset, shot, dict(sweep),
+                       seeds=[i.cell.seed for i in done],
+                       missing_seeds=[i.cell.seed for i in items if i.record is None])
+    if not done:
+        return result
+    shas = {i.record["test_episodes"]["sha"] for i in done}  # type: ignore[index]
+    per_seed = [i.per_episode() for i in done]
+    means = [float(np.mean(a)) for a in per_seed]
+    result.mean = float(np.mean(means))
+    result.seed_sd = float(np.std(means, ddof=1)) if len(means) > 1 else None
+    if len(shas) == 1 and len({a.shape for a in per_seed}) == 1:
+        result.per_episode = np.mean(per_seed, axis=0)
+        result.episodes_sha = shas.pop()
+        result.ci95 = Z95 * float(result.per_episode.std(ddof=0)) / np.sqrt(result.per_episode.size)
+    seconds = [(i.record.get("timings") or {}).get("recovery_seconds") for i in done]  # type: ignore[union-attr]
+    if all(s is not None for s in seconds):
+        result.recovery_hours = float(np.mean(seconds)) / 3600.0
+    result.devices = sorted({i.record["environment"]["device_name"] for i in done})  # type: ignore[index]
+    result.curves = [i.record.get("curves") or {} for i in done]  # type: ignore[union-attr]
+    result.artifacts = [i.path.with_suffix(".artifacts") for i in done]
+    return result
+
+
+def record_paths(found: list[Found], analyses: list[FoundAnalysis]) -> list[Path]:
+    return sorted({i.path for i in [*found, *analyses] if i.record is not None})
