@@ -1,5 +1,6 @@
 """The shared meta-test: adapt on each episode's support, predict its query, keep per-episode
-accuracies. Batched with `vmap` over episodes; a plain one-episode loop is kept as reference."""
+accuracies. Many episodes at once (dfmlbench.stacked, or `vmap`); a plain one-episode loop is
+kept as the reference."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 from torch.func import vmap
 
+from dfmlbench import stacked
 from dfmlbench.adaptation import Params, forward, parameters_of, sgd_adapt
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.episodes import EpisodeSet
@@ -75,7 +78,8 @@ def _accuracy(prediction: torch.Tensor, labels: torch.Tensor) -> float:
 def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
              protocol: AdaptProtocol = AdaptProtocol(), device: torch.device | str = "cpu",
              chunk: int = 20, progress: object | None = None) -> np.ndarray:
-    """Per-episode query accuracies in % (float64, one per episode), all episodes batched by `vmap`.
+    """Per-episode query accuracies in % (float64, one per episode), `chunk` episodes at a time
+    in one computation (dfmlbench.stacked for Conv4 meta-learners, `vmap` otherwise).
 
     BN normalises with the support batch while adapting and the query batch when predicting,
     the transductive protocol of every official baseline.
@@ -83,9 +87,6 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
     model = copy.deepcopy(learner.model).to(device)
     steps = protocol.steps if learner.adapt_steps is None else learner.adapt_steps
     shared_init = parameters_of(model)
-
-    def adapt(params: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
-        return sgd_adapt(model, params, xs, ys, steps, protocol.lr)
 
     accuracies = np.empty(len(episodes), dtype=np.float64)
     for batch in episode_batches(dataset, episodes, chunk, device):
@@ -96,20 +97,45 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
             inits = [learner.init_for_episode(batch.first + i) for i in range(count)]
             params = {k: torch.stack([p[k] for p in inits]).to(device) for k in shared_init}
             params_dim = 0
-        with torch.no_grad():  # torch.func.grad inside still differentiates; no graph is kept
-            adapted = vmap(adapt, in_dims=(params_dim, 0, 0))(
-                params, batch.support, batch.support_labels)
-            for i in range(count):
-                # Predicting episode by episode beats vmap here: a plain batch of 75 queries
-                # runs dense kernels, vmap's per-episode weights would need grouped convolutions.
-                own = {name: p[i] for name, p in adapted.items()}
-                support_logits = forward(model, own, batch.support[i]) if learner.head_matching else None
-                prediction = _predict(learner, support_logits, batch.support_labels[i],
-                                      forward(model, own, batch.query[i]), episodes.way)
-                accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
+        if stacked.stackable(model):
+            support_logits, query_logits = _adapt_and_predict_stacked(
+                model, params if params_dim == 0 else stacked.stack(params, count), batch, steps, protocol.lr)
+        else:
+            support_logits, query_logits = _adapt_and_predict_vmap(
+                model, params, params_dim, batch, steps, protocol.lr)
+        for i in range(count):
+            prediction = _predict(learner, support_logits[i] if learner.head_matching else None,
+                                  batch.support_labels[i], query_logits[i], episodes.way)
+            accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
         if progress is not None:
             progress.update(count)
     return accuracies
+
+
+def _adapt_and_predict_stacked(model: nn.Module, params: stacked.Stacked, batch: EpisodeBatch,
+                               steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """All episodes of the batch adapted and predicted together (Conv4 meta-learners)."""
+    adapted = stacked.sgd(model, params, batch.support, batch.support_labels, steps, lr)  # type: ignore[arg-type]
+    with torch.no_grad():
+        return (stacked.forward(model, adapted, batch.support),  # type: ignore[arg-type]
+                stacked.forward(model, adapted, batch.query))  # type: ignore[arg-type]
+
+
+def _adapt_and_predict_vmap(model: nn.Module, params: Params, params_dim: int | None, batch: EpisodeBatch,
+                            steps: int, lr: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Any architecture: adaptation under `vmap`, prediction episode by episode (a plain batch
+    of queries runs dense kernels where vmap would need grouped convolutions)."""
+    def adapt(own: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
+        return sgd_adapt(model, own, xs, ys, steps, lr)
+
+    with torch.no_grad():  # torch.func.grad inside still differentiates; no graph is kept
+        adapted = vmap(adapt, in_dims=(params_dim, 0, 0))(params, batch.support, batch.support_labels)
+        support_logits, query_logits = [], []
+        for i in range(len(batch.support)):
+            own = {name: p[i] for name, p in adapted.items()}
+            support_logits.append(forward(model, own, batch.support[i]))
+            query_logits.append(forward(model, own, batch.query[i]))
+    return support_logits, query_logits
 
 
 def evaluate_reference(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
