@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfmlbench import stacked
 from dfmlbench.adaptation import Params, forward, sgd_adapt
 from dfmlbench.inversion.bank import BankTask, MemoryBank
 
@@ -26,6 +27,9 @@ class ReplaySettings:
     patience: int = 10  # stop after this many meta-batches without a new best train accuracy
     max_metabatches: int | None = None  # a cap for CPU budgets; None = official (unbounded)
     first_order: bool = False
+    # All tasks of a meta-batch in one computation (dfmlbench.stacked) when the learner is a
+    # batch-statistics Conv4; False = the one-task-at-a-time reference. Same gradient.
+    batched: bool = True
 
 
 @dataclass
@@ -55,6 +59,25 @@ def maml_task_loss(model: nn.Module, task: BankTask, normalize: Callable[[torch.
                            normalize(task.query.to(device)), task.query_labels.to(device), settings)
 
 
+def maml_tasks_loss(model: nn.Module, tasks: list[BankTask], normalize: Callable[[torch.Tensor], torch.Tensor],
+                    settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, list[float]]:
+    """The summed query loss of several bank tasks (and each task's query accuracy), all tasks
+    adapted together from the model's parameters: `maml_task_loss` summed, in one graph."""
+    def stacked_images(name: str) -> torch.Tensor:
+        return torch.stack([normalize(getattr(t, name).to(device)) for t in tasks])
+
+    def stacked_labels(name: str) -> torch.Tensor:
+        return torch.stack([getattr(t, name).to(device) for t in tasks])
+
+    params = stacked.stack(dict(model.named_parameters()), len(tasks))
+    adapted = stacked.sgd(model, params, stacked_images("support"), stacked_labels("support_labels"),  # type: ignore[arg-type]
+                          settings.inner_steps, settings.inner_lr, settings.first_order)
+    query_labels = stacked_labels("query_labels")
+    logits = stacked.forward(model, adapted, stacked_images("query"))  # type: ignore[arg-type]
+    accuracies = (100.0 * (logits.argmax(-1) == query_labels).float().mean(dim=1)).tolist()
+    return stacked.task_losses(logits, query_labels).sum(), accuracies
+
+
 def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
            normalize: Callable[[torch.Tensor], torch.Tensor], settings: ReplaySettings,
            rng: np.random.Generator, device: torch.device) -> ReplayStats:
@@ -67,12 +90,17 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
     accuracies: list[float] = []
     while settings.max_metabatches is None or metabatches < settings.max_metabatches:
         optimizer.zero_grad(set_to_none=True)
-        batch_accuracy = []
-        for _ in range(settings.episode_batch):
-            task = bank.sample_task(settings.way, settings.shot, settings.query, rng)
-            loss, accuracy = maml_task_loss(model, task, normalize, settings, device)
-            loss.backward()  # gradients add up: the official summed loss, one graph at a time
-            batch_accuracy.append(accuracy)
+        tasks = [bank.sample_task(settings.way, settings.shot, settings.query, rng)
+                 for _ in range(settings.episode_batch)]
+        if settings.batched and stacked.stackable(model):
+            loss, batch_accuracy = maml_tasks_loss(model, tasks, normalize, settings, device)
+            loss.backward()
+        else:
+            batch_accuracy = []
+            for task in tasks:
+                loss, accuracy = maml_task_loss(model, task, normalize, settings, device)
+                loss.backward()  # gradients add up: the official summed loss, one graph at a time
+                batch_accuracy.append(accuracy)
         optimizer.step()
         metabatches += 1
         accuracies.append(float(np.mean(batch_accuracy)))
