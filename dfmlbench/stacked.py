@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfmlbench.adaptation import Params
+from dfmlbench.inversion.generator import Generator
 from dfmlbench.models.conv4 import Conv4
 
 Stacked = dict[str, torch.Tensor]  # name -> (tasks, *parameter shape)
@@ -27,41 +28,90 @@ def stackable(model: nn.Module) -> bool:
         not m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+def stackable_teacher(model: nn.Module) -> bool:
+    """A Conv4 teacher (used in eval mode: BN on its running statistics)."""
+    return isinstance(model, Conv4) and not model.training and all(
+        m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def stack(params: Params, tasks: int) -> Stacked:
     """The same parameters for every task, still differentiable w.r.t. `params`."""
     return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> torch.Tensor:
+def stack_modules(models: list[nn.Module]) -> tuple[Stacked, Stacked]:
+    """Several same-shaped modules' parameters and buffers, stacked (detached)."""
+    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+              for name, _ in models[0].named_parameters()}
+    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models])
+               for name, _ in models[0].named_buffers()}
+    return params, buffers
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """(T, B, C, H, W) through each task's own convolution (T, O, C, k, k)."""
     tasks, batch, channels, height, width = x.shape
     grouped = x.transpose(0, 1).reshape(batch, tasks * channels, height, width)
-    out = F.conv2d(grouped, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1),
-                   padding=padding, groups=tasks)
+    out = F.conv2d(grouped, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
+                   stride=conv.stride, padding=conv.padding, groups=tasks)
     return out.view(batch, tasks, -1, *out.shape[2:]).transpose(0, 1)
 
 
-def _batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """Each task normalised with its own batch statistics (biased variance, as BN in train mode)."""
-    mean = x.mean(dim=(1, 3, 4), keepdim=True)
-    var = x.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
-    scale = weight[:, None, :, None, None] * torch.rsqrt(var + eps)
+def _batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor,
+                running: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Each task normalised with its own batch statistics (biased variance, as BN in train
+    mode), or with its own running statistics (a teacher in eval mode)."""
+    if running is None:
+        mean = x.mean(dim=(1, 3, 4), keepdim=True)
+        var = x.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+    else:
+        mean, var = (r[:, None, :, None, None] for r in running)
+    scale = weight[:, None, :, None, None] * torch.rsqrt(var + bn.eps)
     return (x - mean) * scale + bias[:, None, :, None, None]
 
 
-def forward(model: Conv4, params: Stacked, x: torch.Tensor) -> torch.Tensor:
-    """Logits (T, B, classes) of images (T, B, C, H, W), task t through parameters [t]."""
-    for index, block in enumerate(model.features):
-        conv, bn, _, pool = block
-        prefix = f"features.{index}"
-        x = _conv(x, params[f"{prefix}.0.weight"], params[f"{prefix}.0.bias"], conv.padding[0])
-        x = F.relu(_batch_norm(x, params[f"{prefix}.1.weight"], params[f"{prefix}.1.bias"], bn.eps))
-        tasks, batch = x.shape[:2]
-        x = F.max_pool2d(x.flatten(0, 1), pool.kernel_size)
-        x = x.view(tasks, batch, *x.shape[1:])
-    features = x.flatten(2)
-    return torch.baddbmm(params["classifier.bias"].unsqueeze(1), features,
-                         params["classifier.weight"].transpose(1, 2))
+def _per_image(function, x: torch.Tensor) -> torch.Tensor:
+    """A parameter-free layer applied to (T, B, ...) as to a plain batch."""
+    out = function(x.flatten(0, 1))
+    return out.view(*x.shape[:2], *out.shape[1:])
+
+
+def _sequential(module: nn.Module, prefix: str, params: Stacked, buffers: Stacked | None,
+                x: torch.Tensor) -> torch.Tensor:
+    """Run the layers of `module` (nested Sequentials of the types below) on stacked tasks."""
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            x = _sequential(child, f"{prefix}{name}.", params, buffers, x)
+        return x
+    if isinstance(module, nn.Conv2d):
+        return _conv(x, module, params[f"{prefix}weight"], params.get(f"{prefix}bias"))
+    if isinstance(module, nn.BatchNorm2d):
+        running = None
+        if module.track_running_stats and buffers is not None:
+            running = (buffers[f"{prefix}running_mean"], buffers[f"{prefix}running_var"])
+        return _batch_norm(x, module, params[f"{prefix}weight"], params[f"{prefix}bias"], running)
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.MaxPool2d, nn.Upsample)):
+        return _per_image(module, x)
+    raise TypeError(f"no stacked form for {type(module).__name__}")
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(T, B, in) through each task's own linear layer (T, out, in)."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def forward(model: Conv4, params: Stacked, x: torch.Tensor, buffers: Stacked | None = None) -> torch.Tensor:
+    """Logits (T, B, classes) of images (T, B, C, H, W), task t through parameters [t] (and,
+    for teachers in eval mode, running statistics `buffers` [t])."""
+    features = _sequential(model.features, "features.", params, buffers, x).flatten(2)
+    return _linear(features, params["classifier.weight"], params["classifier.bias"])
+
+
+def generate(generator: Generator, params: Stacked, z: torch.Tensor) -> torch.Tensor:
+    """Images (T, B, C, H, W) from latent codes (T, B, nz), task t through generator [t]."""
+    x = _linear(z, params["project.weight"], params["project.bias"])
+    x = x.view(*z.shape[:2], -1, generator.init_size, generator.init_size)
+    return _sequential(generator.body, "body.", params, None, x)
 
 
 def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
