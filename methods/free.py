@@ -22,7 +22,8 @@ from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.generator import Generator
 from dfmlbench.inversion.losses import kd_loss
-from dfmlbench.inversion.recovery import RecoveredTask, RecoverySettings, interleaved_targets, recover_task
+from dfmlbench.inversion.recovery import (RecoveredTask, RecoverySettings, can_recover_stacked, interleaved_targets,
+                                         recover_task, recover_tasks_stacked)
 from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RunContext
@@ -103,6 +104,11 @@ class Free(Method):
 class FreeTraining:
     """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs."""
 
+    # The b recoveries and each replay meta-batch as one stacked computation where the
+    # architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths,
+    # for tests and the speed benchmark. Not a setting: both paths compute the same algorithm.
+    batched: bool = True
+
     def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
         self.s, self.pool, self.ctx = settings, pool, ctx
         self.device = ctx.device
@@ -126,7 +132,7 @@ class FreeTraining:
         self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["replay_inner_steps"],
                                               settings["replay_inner_lr"], settings["replay_episode_batch"],
                                               settings["replay_patience"], settings["replay_max_metabatches"],
-                                              settings["replay_first_order"])
+                                              settings["replay_first_order"], self.batched)
         self.labels = interleaved_targets(ctx.way, settings["images_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["epochs"])
 
@@ -220,6 +226,14 @@ class FreeTraining:
         """FIVE (meta) or the sequential generator; only this is the paper's Time column."""
         student = None if warmup else self.student()
         meta = self.s["generator"] == "meta"
+        models = [t.model for t in teachers]
+        if meta and self.batched and can_recover_stacked(self.generator, models, self.recovery, self.model):
+            with self.ctx.recovery() if not warmup else nullcontext():
+                tasks = recover_tasks_stacked(self.generator, models, self.labels, self.s["nz"],
+                                              None if warmup else self.model, self.augment,
+                                              self.recovery, self.torch_rng)
+            self.meta_update([task.meta_gradient for task in tasks])
+            return tasks
         tasks, gradients = [], []
         for teacher in teachers:
             with self.ctx.recovery() if not warmup else nullcontext():  # warmup is not timed

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfmlbench.inversion.augment import GeneratedImageAugment
+from dfmlbench.inversion.generator import Generator
 from dfmlbench.inversion.losses import BatchNormStatistics, agreement_masked_kl
 
 StudentFn = Callable[[torch.Tensor], torch.Tensor]
@@ -67,7 +68,8 @@ def inversion_loss(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Modul
 def fresh_latents(generator: nn.Module, count: int, nz: int, settings: RecoverySettings,
                   rng: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.optim.Adam]:
     """New latent codes z ~ N(0, I) and one fresh Adam over the generator and z (both recoveries)."""
-    z = torch.randn(count, nz, generator=rng).to(device).requires_grad_()
+    dtype = next(generator.parameters()).dtype
+    z = torch.randn(count, nz, generator=rng).to(device, dtype).requires_grad_()
     optimizer = torch.optim.Adam([{"params": list(generator.parameters()), "lr": settings.generator_lr},
                                   {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
     return z, optimizer
@@ -105,6 +107,75 @@ def recover_task(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor,
         with torch.no_grad():
             images = generator(z)
     return RecoveredTask(images, labels, grads, settings.steps)
+
+
+def can_recover_stacked(generator: nn.Module, teachers: list[nn.Module], settings: RecoverySettings,
+                        student: nn.Module | None) -> bool:
+    """FIVE's b recoveries run as one computation when the teachers are Conv4s of one shape,
+    the student a batch-statistics Conv4, and no BN-statistics term is asked for (FREE's case)."""
+    from dfmlbench import stacked
+    shapes = {tuple((n, p.shape) for n, p in t.named_parameters()) for t in teachers}
+    return (isinstance(generator, Generator) and not settings.bn_weight and len(shapes) == 1
+            and all(stacked.stackable_teacher(t) for t in teachers)
+            and (student is None or stacked.stackable(student)))
+
+
+def recover_tasks_stacked(generator: Generator, teachers: list[nn.Module], labels: torch.Tensor, nz: int,
+                          student: nn.Module | None, augment: GeneratedImageAugment,
+                          settings: RecoverySettings, rng: torch.Generator) -> list[RecoveredTask]:
+    """`recover_task` for each teacher from a copy of `generator` (FIVE's inner loop, meta
+    gradients included), all teachers at once: stacked generator copies, latent codes and
+    teachers; one Adam over the stacks equals one Adam per teacher (its update is elementwise).
+
+    The latent codes are drawn teacher by teacher as the sequential path does; augmentation
+    draws come step by step (each teacher still gets its own draw), so with a random
+    augmentation the two paths see different (equally distributed) crops and flips.
+    `student` is the detached base meta-learner (batch-statistics BN per teacher's batch).
+    """
+    from dfmlbench import stacked
+    count, device = len(teachers), labels.device
+    params = {n: p.detach().unsqueeze(0).repeat(count, *[1] * p.dim()).requires_grad_()
+              for n, p in generator.named_parameters()}
+    dtype = next(generator.parameters()).dtype
+    z = torch.stack([torch.randn(len(labels), nz, generator=rng) for _ in teachers]).to(device, dtype).requires_grad_()
+    optimizer = torch.optim.Adam([{"params": list(params.values()), "lr": settings.generator_lr},
+                                  {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
+    teacher_params, teacher_buffers = stacked.stack_modules(teachers)
+    student_params = (stacked.stack({n: p.detach() for n, p in student.named_parameters()}, count)
+                      if student is not None else None)
+    targets = labels.expand(count, -1)
+
+    def loss_and_grads(with_grads: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        optimizer.zero_grad(set_to_none=True)
+        images = stacked.generate(generator, params, z)
+        x = torch.stack([augment(images[t], rng) for t in range(count)])
+        teacher_logits = stacked.forward(teachers[0], teacher_params, x, teacher_buffers)  # type: ignore[arg-type]
+        per_teacher = stacked.task_losses(teacher_logits, targets) * settings.ce_weight
+        if student_params is not None and settings.adv_weight:
+            with torch.no_grad():
+                student_logits = stacked.forward(student, student_params, x)  # type: ignore[arg-type]
+            per_teacher = per_teacher - settings.adv_weight * torch.stack([
+                agreement_masked_kl(student_logits[t], teacher_logits[t], settings.adv_quirk)
+                for t in range(count)])
+        per_teacher.sum().backward()
+        grads = [p.grad.detach().clone() for p in params.values()] if with_grads else None
+        return images.detach(), grads
+
+    official = settings.recover_at == "k-1"
+    images, grads = None, None
+    for step in range(settings.steps):
+        last = step == settings.steps - 1
+        images, step_grads = loss_and_grads(official and last)
+        if official and last:
+            grads = step_grads
+        optimizer.step()
+    updates = settings.steps - 1 if official else settings.steps
+    if not official:
+        images, grads = loss_and_grads(True)
+    assert images is not None and grads is not None
+    names = list(params)
+    return [RecoveredTask(images[t], labels, {n: g[t] for n, g in zip(names, grads)}, updates)
+            for t in range(count)]
 
 
 def recover_lowest_loss(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor, nz: int,
