@@ -102,15 +102,16 @@ class Free(Method):
 
 
 class FreeTraining:
-    """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs."""
+    """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs.
 
-    # The b recoveries and each replay meta-batch as one stacked computation where the
-    # architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths,
-    # for tests and the speed benchmark. Not a setting: both paths compute the same algorithm.
-    batched: bool = True
+    `batched`: the b recoveries and each replay meta-batch run as one stacked computation where
+    the architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths, for
+    tests and the speed benchmark. Not a setting: both paths compute the same algorithm.
+    """
 
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
-        self.s, self.pool, self.ctx = settings, pool, ctx
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
+                 batched: bool = True) -> None:
+        self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
         self.device = ctx.device
         self.model = ctx.build_learner_model()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])

@@ -55,11 +55,11 @@ def test_meta_gradient_is_the_gradient_at_the_adapted_parameters(tiny_pool):
         torch.testing.assert_close(task.meta_gradient[name], param.grad)
 
 
-def make_training(tiny_pool, tmp_path, **settings):
+def make_training(tiny_pool, tmp_path, batched=True, **settings):
     method = create_method(settings.pop("name", "free"), {**TINY, **settings})
     ctx = RunContext(torch.device("cpu"), 0, method.settings, "conv4", 32, 3, 5, 1, tmp_path,
                      validator=lambda learner: 0.0)
-    return FreeTraining(method.settings, tiny_pool, ctx)
+    return FreeTraining(method.settings, tiny_pool, ctx, batched)
 
 
 def kd_forward_weights(training, monkeypatch):
@@ -92,8 +92,7 @@ def test_student_given_to_five_is_the_base_meta_learner(tiny_pool, tmp_path, mon
     from dfmlbench.methods import free as free_module
     x = torch.randn(10, 3, 32, 32)
     # the one-teacher-at-a-time path gets a function of the detached base parameters
-    training = make_training(tiny_pool, tmp_path)
-    training.batched = False
+    training = make_training(tiny_pool, tmp_path, batched=False)
     captured = []
     original = free_module.recover_task
     monkeypatch.setattr(free_module, "recover_task",

@@ -8,7 +8,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dfmlbench import stacked
 from dfmlbench.adaptation import forward, parameters_of, sgd_adapt

@@ -1,0 +1,33 @@
+"""Shared by the speed benchmarks: best-of timing, and the ratio guard CI relies on.
+
+Ratios between two paths measured in one process on one machine are what we guard: absolute
+times on shared machines are noise. A ratio below half its target fails the benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+def best_seconds(function: Callable[[], object], rounds: int) -> float:
+    """The fastest of `rounds` calls (the least disturbed by other load)."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def check_ratio(name: str, reference_seconds: float, batched_seconds: float, target: float,
+                extra_info: dict) -> float:
+    ratio = reference_seconds / batched_seconds
+    extra_info.update({f"{name}_reference_seconds": reference_seconds,
+                       f"{name}_batched_seconds": batched_seconds,
+                       f"{name}_speedup": ratio, f"{name}_target": target})
+    print(f"\n{name}: reference {reference_seconds:.3f} s, batched {batched_seconds:.3f} s, "
+          f"speed-up x{ratio:.2f} (target x{target:g}, guard x{target / 2:g})")
+    assert ratio >= target / 2, (f"{name}: batched path only x{ratio:.2f} faster than the reference, "
+                                 f"below half the x{target:g} target")
+    return ratio
