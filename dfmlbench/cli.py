@@ -156,7 +156,10 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     suite = load_suite(args.suite)
     config = resolve(suite, args.profile, [parse_assignment(a) for a in args.assignments])
     out = Path(args.out or f"reports/{suite.name}-{config['profile']}")
-    report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv))
+    run_argv = ["run", "--suite", args.suite, "--profile", config["profile"],
+                *[f"--set={a}" for a in args.assignments], "--out", args.runs]
+    report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv),
+                         "python -m dfmlbench " + shlex.join(run_argv))
     if report.table is not None:
         print(to_markdown(report.table), end="")
     for path, _ in report.figures:

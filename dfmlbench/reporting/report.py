@@ -37,7 +37,7 @@ class Report:
 
 
 def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: Path,
-                command: str) -> Report:
+                command: str, run_command: str) -> Report:
     layout = suite.report
     figures = list(layout.get("figures") or [])
     for kind in figures:
@@ -68,7 +68,7 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
         write_table(report.table, report.out_dir)
     for kind in figures:
         report.figures += FIGURE_BUILDERS[kind](results, analyses, report.out_dir)
-    write_readme(report, suite, config, command)
+    write_readme(report, suite, config, command, run_command)
     return report
 
 
@@ -177,13 +177,15 @@ FIGURE_BUILDERS: dict[str, Callable[[Results, list[FoundAnalysis], Path], list[t
 }
 
 
-def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: str) -> None:
+def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: str, run_command: str) -> None:
     lines = [f"# {suite.name} ({config['profile']} profile)", "", suite.description, "",
-             "Made by:", "", "```", command, "```", "",
+             "Records made by, and report made from them by:", "", "```", run_command, command, "```", "",
              f"- Profile: `{config['profile']}`; only records of this profile and configuration are used.",
              f"- Device(s): {', '.join(report.devices) or 'none'}.",
-             f"- Seeds: {', '.join(map(str, config['seeds']))}; episodes: {config['protocol']['test_episodes']} "
-             f"test episodes shared by every method (paired tests)."]
+             f"- Seeds: {', '.join(map(str, config['seeds']))}."]
+    if report.table is not None:
+        lines[-1] += (f" Test episodes: {config['protocol']['test_episodes']}, the same for every method "
+                      f"(paired tests).")
     if report.table is not None:
         lines += ["", "## Table", "", to_markdown(report.table).rstrip(), "",
                   "Accuracy: mean ± 1.96·std/√n over the test episodes (std with ddof 0; with several seeds, "
