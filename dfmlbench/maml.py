@@ -59,23 +59,33 @@ def maml_task_loss(model: nn.Module, task: BankTask, normalize: Callable[[torch.
                            normalize(task.query.to(device)), task.query_labels.to(device), settings)
 
 
+Episode = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (xs, ys, xq, yq), normalised
+
+
+def maml_episodes_loss(model: nn.Module, episodes: list[Episode], settings: ReplaySettings,
+                       ) -> tuple[torch.Tensor, list[float]]:
+    """`maml_query_loss` summed over episodes (the official summed meta-batch loss) and each
+    episode's query accuracy. All episodes adapt together (dfmlbench.stacked) when the learner
+    is a batch-statistics Conv4 and `settings.batched`; else one graph per episode, summed."""
+    same_shapes = len({tuple(t.shape for t in episode) for episode in episodes}) == 1
+    if not (settings.batched and same_shapes and stacked.stackable(model)):
+        losses, accuracies = zip(*(maml_query_loss(model, *episode, settings) for episode in episodes))
+        return torch.stack(list(losses)).sum(), list(accuracies)
+    xs, ys, xq, yq = (torch.stack(part) for part in zip(*episodes))
+    params = stacked.stack(dict(model.named_parameters()), len(episodes))
+    adapted = stacked.sgd(model, params, xs, ys, settings.inner_steps, settings.inner_lr,  # type: ignore[arg-type]
+                          settings.first_order)
+    logits = stacked.forward(model, adapted, xq)  # type: ignore[arg-type]
+    accuracies = (100.0 * (logits.argmax(-1) == yq).float().mean(dim=1)).tolist()
+    return stacked.task_losses(logits, yq).sum(), accuracies
+
+
 def maml_tasks_loss(model: nn.Module, tasks: list[BankTask], normalize: Callable[[torch.Tensor], torch.Tensor],
                     settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, list[float]]:
-    """The summed query loss of several bank tasks (and each task's query accuracy), all tasks
-    adapted together from the model's parameters: `maml_task_loss` summed, in one graph."""
-    def stacked_images(name: str) -> torch.Tensor:
-        return torch.stack([normalize(getattr(t, name).to(device)) for t in tasks])
-
-    def stacked_labels(name: str) -> torch.Tensor:
-        return torch.stack([getattr(t, name).to(device) for t in tasks])
-
-    params = stacked.stack(dict(model.named_parameters()), len(tasks))
-    adapted = stacked.sgd(model, params, stacked_images("support"), stacked_labels("support_labels"),  # type: ignore[arg-type]
-                          settings.inner_steps, settings.inner_lr, settings.first_order)
-    query_labels = stacked_labels("query_labels")
-    logits = stacked.forward(model, adapted, stacked_images("query"))  # type: ignore[arg-type]
-    accuracies = (100.0 * (logits.argmax(-1) == query_labels).float().mean(dim=1)).tolist()
-    return stacked.task_losses(logits, query_labels).sum(), accuracies
+    """`maml_episodes_loss` on tasks drawn from the bank (uint8-quantised images in [0, 1])."""
+    return maml_episodes_loss(model, [(normalize(t.support.to(device)), t.support_labels.to(device),
+                                       normalize(t.query.to(device)), t.query_labels.to(device))
+                                      for t in tasks], settings)
 
 
 def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
@@ -95,7 +105,7 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
         if settings.batched and stacked.stackable(model):
             loss, batch_accuracy = maml_tasks_loss(model, tasks, normalize, settings, device)
             loss.backward()
-        else:
+        else:  # the reference: one graph at a time
             batch_accuracy = []
             for task in tasks:
                 loss, accuracy = maml_task_loss(model, task, normalize, settings, device)

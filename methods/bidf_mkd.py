@@ -21,7 +21,7 @@ from dfmlbench.inversion.generator import Generator, reset_generator
 from dfmlbench.inversion.losses import kd_loss
 from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_lowest_loss
 from dfmlbench.learner import Learner
-from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_task_loss
+from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_tasks_loss
 from dfmlbench.method import Method, RunContext
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.selection import ModelSelection
@@ -114,16 +114,16 @@ class BiDfTraining:
         """`episode_batch` episode losses, summed into one Adam step: generation events (one
         teacher each) or MAML replay. Returns the replay train accuracy (nan for events)."""
         self.optimizer.zero_grad(set_to_none=True)
-        accuracies = []
-        for _ in range(self.s["episode_batch"]):
-            if event:
+        accuracies: list[float] = []
+        if event:
+            for _ in range(self.s["episode_batch"]):
                 teacher = self.pool[int(self.rng.integers(len(self.pool)))]
-                loss = self.generation_event(teacher, boundary=iteration > self.s["adv_start"])
-            else:
-                task = self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
-                loss, accuracy = maml_task_loss(self.model, task, self.augment.normalize,
-                                                self.replay_settings, self.device)
-                accuracies.append(accuracy)
+                self.generation_event(teacher, boundary=iteration > self.s["adv_start"]).backward()
+        else:
+            tasks = [self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
+                     for _ in range(self.s["episode_batch"])]
+            loss, accuracies = maml_tasks_loss(self.model, tasks, self.augment.normalize,
+                                               self.replay_settings, self.device)
             loss.backward()
         self.optimizer.step()
         accuracy = float(np.mean(accuracies)) if accuracies else float("nan")

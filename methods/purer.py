@@ -18,7 +18,7 @@ from dfmlbench.inversion.augment import random_roll
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.losses import BatchNormStatistics, total_variation
 from dfmlbench.learner import Learner
-from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_query_loss
+from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_episodes_loss, maml_query_loss
 from dfmlbench.method import Method, RunContext
 from dfmlbench.methods.average import average_state
 from dfmlbench.models import copy_parameters
@@ -183,13 +183,11 @@ class PurerTraining:
     def meta_step(self) -> float:
         """Step 4: `episode_batch` MAML episodes on the (detached) pseudo data, summed, one Adam step."""
         self.optimizer.zero_grad(set_to_none=True)
-        accuracies = []
         ordered = self.s["episode_split"] == "ordered"
-        for _ in range(self.s["episode_batch"]):
-            xs, ys, xq, yq = self.data.episode(self.ctx.way, self.ctx.shot, self.rng, ordered, detach=True)
-            loss, accuracy = maml_query_loss(self.model, xs, ys, xq, yq, self.maml)
-            loss.backward()
-            accuracies.append(accuracy)
+        episodes = [self.data.episode(self.ctx.way, self.ctx.shot, self.rng, ordered, detach=True)
+                    for _ in range(self.s["episode_batch"])]
+        loss, accuracies = maml_episodes_loss(self.model, episodes, self.maml)
+        loss.backward()
         self.optimizer.step()
         return float(np.mean(accuracies))
 
