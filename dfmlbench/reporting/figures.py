@@ -222,7 +222,8 @@ def plot_accuracy_vs_teachers(series: dict[int, dict[str, list[tuple[int, float,
     return _save(fig, path)
 
 
-def plot_task_grid(image_path: Path, path: Path, *, way: int, per_class: int, title: str) -> Path:
+def plot_task_grid(image_path: Path, path: Path, *, way: int, per_class: int, title: str,
+                   max_per_class: int = 10) -> Path:
     """Fig. 7: a saved grid of recovered (or real) task images, one row per class, labelled.
 
     The grid comes from `torchvision.utils.save_image(nrow=per_class, padding=1)`; rows are
@@ -234,8 +235,12 @@ def plot_task_grid(image_path: Path, path: Path, *, way: int, per_class: int, ti
     if way < 1 or per_class < 1:
         raise ValueError(f"way and per_class must be >= 1, got way={way}, per_class={per_class}")
     image = imread(image_path)
+    shown = min(per_class, max_per_class)  # wider grids make each image too small to see
+    if shown < per_class:
+        cell = (image.shape[1] - 1) // per_class  # image side + 1 px of padding
+        image = image[:, :1 + shown * cell]
     height, width = image.shape[:2]
-    fig_width = 6.0
+    fig_width = 1.2 + 0.75 * shown
     fig = _new_figure(fig_width, 0.9 + fig_width * height / width * 0.85)
     ax = fig.add_subplot()
     ax.imshow(image, interpolation="nearest", cmap="gray" if image.ndim == 2 else None)
@@ -243,7 +248,8 @@ def plot_task_grid(image_path: Path, path: Path, *, way: int, per_class: int, ti
     ax.set_yticks([(r + 0.5) * height / way for r in range(way)],
                   [f"class {r + 1}" for r in range(way)])
     ax.tick_params(axis="y", length=0)
-    ax.set_xlabel(f"{per_class} images per class")
+    ax.set_xlabel(f"{shown} of {per_class} images per class" if shown < per_class
+                  else f"{per_class} images per class")
     ax.set_title(title)
     return _save(fig, path)
 
