@@ -1,0 +1,48 @@
+"""The paper suites: every profile resolves into cells, the paper profiles name the paper's
+datasets and pools, and without the data a run stops at once with one line saying how to get it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+from dfmlbench.analysis.cells import expand_analysis_cells
+from dfmlbench.cli import main
+from dfmlbench.config import load_suite, resolve
+from dfmlbench.runner import expand_cells
+
+PAPER_SUITES = ["table2", "table4", "table5", "fig4", "fig5", "fig6", "fig7"]
+
+
+@pytest.mark.parametrize("name", PAPER_SUITES)
+def test_every_profile_expands(name):
+    suite = load_suite(name)
+    assert set(suite.profiles) == {"paper", "cpu", "smoke"}
+    for profile in suite.profiles:
+        config = resolve(suite, profile, [])
+        assert expand_cells(config) or expand_analysis_cells(config)
+        if profile == "cpu":
+            assert config["datasets"] == ["omniglot"]  # laptops: real Omniglot images
+
+
+def test_paper_profiles_are_the_paper_setting():
+    table2 = resolve(load_suite("table2"), "paper", [])
+    assert table2["datasets"] == ["cifar-fs", "miniimagenet", "cub"] and table2["shots"] == [1, 5]
+    assert len(expand_cells(table2)) == 9 * 3 * 2 and table2["pool"]["num_teachers"] == 100
+    assert resolve(load_suite("table4"), "paper", [])["pool"]["arch"] == "mix"
+    assert {c.method.name for c in expand_cells(resolve(load_suite("table5"), "paper", []))} == {
+        "free-baseline", "free-erm", "free-sequence", "free"}
+    fig6 = expand_cells(resolve(load_suite("fig6"), "paper", []))
+    assert sorted({c.config["pool"]["num_teachers"] for c in fig6}) == [10, 25, 50, 100]
+
+
+@pytest.mark.parametrize("name", ["table2", "table4", "table5", "fig4"])
+def test_without_the_data_a_paper_run_stops_at_once(name, tmp_path):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["run", "--suite", name, "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "runs")])
+    assert code == 2 and err.getvalue().count("\n") == 1
+    assert "dataset 'cifar-fs' not found" in err.getvalue() and "data download cifar-fs" in err.getvalue()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
