@@ -70,6 +70,14 @@ def _batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor, bias:
     return (x - mean) * scale + bias[:, None, :, None, None]
 
 
+def _feature_statistics_gap(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+    """Per task, ||mean - running mean|| + ||var - running var|| of a BN layer's input batch
+    (losses.BatchNormStatistics for stacked teachers), (T,)."""
+    mean, var = x.mean(dim=(1, 3, 4)), x.var(dim=(1, 3, 4), unbiased=False)
+    return (torch.linalg.vector_norm(mean - running_mean, dim=1)
+            + torch.linalg.vector_norm(var - running_var, dim=1))
+
+
 def _per_image(function, x: torch.Tensor) -> torch.Tensor:
     """A parameter-free layer applied to (T, B, ...) as to a plain batch."""
     out = function(x.flatten(0, 1))
@@ -77,11 +85,12 @@ def _per_image(function, x: torch.Tensor) -> torch.Tensor:
 
 
 def _sequential(module: nn.Module, prefix: str, params: Stacked, buffers: Stacked | None,
-                x: torch.Tensor) -> torch.Tensor:
-    """Run the layers of `module` (nested Sequentials of the types below) on stacked tasks."""
+                x: torch.Tensor, statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the layers of `module` (nested Sequentials of the types below) on stacked tasks.
+    With `statistics`, each BN layer on running statistics appends DeepInversion's term."""
     if isinstance(module, nn.Sequential):
         for name, child in module.named_children():
-            x = _sequential(child, f"{prefix}{name}.", params, buffers, x)
+            x = _sequential(child, f"{prefix}{name}.", params, buffers, x, statistics)
         return x
     if isinstance(module, nn.Conv2d):
         return _conv(x, module, params[f"{prefix}weight"], params.get(f"{prefix}bias"))
@@ -89,6 +98,8 @@ def _sequential(module: nn.Module, prefix: str, params: Stacked, buffers: Stacke
         running = None
         if module.track_running_stats and buffers is not None:
             running = (buffers[f"{prefix}running_mean"], buffers[f"{prefix}running_var"])
+            if statistics is not None:
+                statistics.append(_feature_statistics_gap(x, *running))
         return _batch_norm(x, module, params[f"{prefix}weight"], params[f"{prefix}bias"], running)
     if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.MaxPool2d, nn.Upsample)):
         return _per_image(module, x)
@@ -100,10 +111,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def forward(model: Conv4, params: Stacked, x: torch.Tensor, buffers: Stacked | None = None) -> torch.Tensor:
+def forward(model: Conv4, params: Stacked, x: torch.Tensor, buffers: Stacked | None = None,
+            statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Logits (T, B, classes) of images (T, B, C, H, W), task t through parameters [t] (and,
-    for teachers in eval mode, running statistics `buffers` [t])."""
-    features = _sequential(model.features, "features.", params, buffers, x).flatten(2)
+    for teachers in eval mode, running statistics `buffers` [t]; `statistics` then collects
+    each BN layer's DeepInversion term, (T,) per layer)."""
+    features = _sequential(model.features, "features.", params, buffers, x, statistics).flatten(2)
     return _linear(features, params["classifier.weight"], params["classifier.bias"])
 
 

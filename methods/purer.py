@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfmlbench import stacked
 from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import random_roll
 from dfmlbench.inversion.grid import save_task_grid
@@ -103,7 +104,12 @@ class Purer(Method):
 
 
 class PurerTraining:
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
+    """`batched`: the chosen teachers' losses (and the meta-step's episodes) as one stacked
+    computation where the architectures allow; False = the per-teacher reference loop."""
+
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
+                 batched: bool = True) -> None:
+        self.batched = batched
         self.s, self.pool, self.ctx = settings, pool, ctx
         classes = sorted({c for t in pool for c in t.class_ids})
         if len(classes) < ctx.way:
@@ -118,7 +124,7 @@ class PurerTraining:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
         self.maml = ReplaySettings(ctx.way, ctx.shot, settings["query"], settings["inner_steps"],
                                    settings["inner_lr"], settings["episode_batch"],
-                                   first_order=settings["first_order"])
+                                   first_order=settings["first_order"], batched=batched)
         self.rng = np.random.default_rng(ctx.generator("purer-numpy").initial_seed())
         self.torch_rng = ctx.generator("purer-torch")
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["iterations"])
@@ -156,6 +162,28 @@ class PurerTraining:
         return (F.cross_entropy(logits, y) + s["tv_weight"] * total_variation(x)
                 + s["bn_weight"] * statistics.total() + s["l2_weight"] * torch.linalg.vector_norm(x))
 
+    def teacher_losses_stacked(self, teachers: list[Teacher]) -> torch.Tensor:
+        """`teacher_loss` of each teacher, (T,), the teachers run as one stacked Conv4 (their
+        jitter drawn in the same order as the loop draws them)."""
+        s = self.s
+        batches = [self.data.teacher_batch(t) for t in teachers]
+        x = torch.stack([random_roll(images, s["jitter"], self.torch_rng) for images, _ in batches])
+        y = torch.stack([labels for _, labels in batches])
+        params, buffers = stacked.stack_modules([t.model for t in teachers])
+        gaps: list[torch.Tensor] = []
+        logits = stacked.forward(teachers[0].model, params, x, buffers, gaps)  # type: ignore[arg-type]
+        tv = torch.stack([total_variation(images) for images in x])
+        l2 = torch.linalg.vector_norm(x.flatten(1), dim=1)
+        return (stacked.task_losses(logits, y) + s["tv_weight"] * tv
+                + s["bn_weight"] * torch.stack(gaps).sum(0) + s["l2_weight"] * l2)
+
+    def teacher_losses(self, teachers: list[Teacher]) -> list[torch.Tensor] | torch.Tensor:
+        models = [t.model for t in teachers]
+        same_shape = len({tuple(p.shape for p in m.parameters()) for m in models}) == 1
+        if self.batched and same_shape and all(stacked.stackable_teacher(m) for m in models):
+            return self.teacher_losses_stacked(teachers)
+        return [self.teacher_loss(t) for t in teachers]
+
     def invert(self, adversarial: bool) -> float:
         """Steps 1-3: candidate teachers, their summed loss (+ the adversarial term), one Adam step."""
         s = self.s
@@ -164,7 +192,7 @@ class PurerTraining:
         # PU1: the official running cumulative sum weights the j-th teacher (count - j).
         weights = [count - j if s["loss_quirk"] else 1 for j in range(count)]
         self.pixel_optimizer.zero_grad(set_to_none=True)
-        loss = sum(w * self.teacher_loss(t) for w, t in zip(weights, chosen))
+        loss = sum(w * term for w, term in zip(weights, self.teacher_losses(chosen)))
         if adversarial:
             loss = loss - s["adv_weight"] * self.adversarial_loss()
             self.adversarial_tasks += 1

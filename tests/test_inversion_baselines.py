@@ -25,9 +25,9 @@ def context(method, tmp_path, shot=1):
                       validator=lambda learner: 0.0)
 
 
-def purer(tiny_pool, tmp_path, **settings):
+def purer(tiny_pool, tmp_path, batched=True, **settings):
     method = create_method("purer", {**PURER_TINY, **settings})
-    return PurerTraining(method.settings, tiny_pool, context(method, tmp_path))
+    return PurerTraining(method.settings, tiny_pool, context(method, tmp_path), batched)
 
 
 def bidf(tiny_pool, tmp_path, **settings):
@@ -119,8 +119,27 @@ def test_purer_official_loss_weights_teachers_by_cumulative_sum(tiny_pool, tmp_p
     for quirk, expected in ((False, 3.0), (True, 3.0 + 2.0 + 1.0)):
         training = purer(tiny_pool, tmp_path, candidate_teachers=3, loss_quirk=quirk)
         unit = torch.ones((), requires_grad=True)
-        monkeypatch.setattr(training, "teacher_loss", lambda teacher: unit * 1.0)  # every teacher's loss = 1
+        # every teacher's loss = 1
+        monkeypatch.setattr(training, "teacher_losses", lambda teachers: [unit * 1.0 for _ in teachers])
         assert training.invert(adversarial=False) == expected
+
+
+def test_purer_stacked_teacher_losses_equal_the_teacher_loop(tiny_pool, tmp_path):
+    """The chosen teachers' DeepInversion losses as one stacked Conv4 (BN-statistics term from
+    the stacked activations, jitter drawn in the same order) equal the per-teacher loop, and
+    so do their gradients on the pixels."""
+    training = purer(tiny_pool, tmp_path)
+    teachers = [tiny_pool[i] for i in range(3)]
+    state = training.torch_rng.get_state()
+    stacked_losses = training.teacher_losses(teachers)
+    assert isinstance(stacked_losses, torch.Tensor) and stacked_losses.shape == (3,)
+    stacked_grad = torch.autograd.grad(stacked_losses.sum(), training.data.images)[0]
+    training.torch_rng.set_state(state)
+    loop = torch.stack([training.teacher_loss(t) for t in teachers])
+    loop_grad = torch.autograd.grad(loop.sum(), training.data.images)[0]
+    torch.testing.assert_close(stacked_losses, loop, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stacked_grad, loop_grad, rtol=1e-4, atol=1e-6)
+    assert purer(tiny_pool, tmp_path, batched=False).teacher_losses(teachers).__class__ is list
 
 
 # -- BiDf-MKD ------------------------------------------------------------------------------------
