@@ -87,12 +87,12 @@ def test_table_in_paper_layout_with_seed_aggregation_best_and_paired_tests(tmp_p
     free_avg = (acc[("free", 0)] + acc[("free", 1)]) / 2
     ci = 1.96 * free_avg.std() / np.sqrt(50)
     seed_sd = np.std([acc[("free", 0)].mean(), acc[("free", 1)].mean()], ddof=1)
-    assert f"**{free_avg.mean():.2f} ± {ci:.2f} (2 seeds, sd {seed_sd:.2f})**" in rows["free"]
-    assert "39.13 ± 0.85" in rows["free"] and "| 0.11 |" in rows["free"]  # the paper's values
-    assert "| 0.015 |" in rows["free"]  # (36 + 72) s / 2 in hours
+    assert f"**{free_avg.mean():.2f} ± {ci:.2f} (2 seeds, sd {seed_sd:.2f})**" in rows["FREE_5 (free)"]
+    assert "39.13 ± 0.85" in rows["FREE_5 (free)"] and "| 0.11 |" in rows["FREE_5 (free)"]  # the paper's values
+    assert "| 0.015 |" in rows["FREE_5 (free)"]  # (36 + 72) s / 2 in hours
     random_avg = (acc[("random", 0)] + acc[("random", 1)]) / 2
     p = paired_test(random_avg, free_avg).p_value
-    assert f"(p={p:.2g})" in rows["random"] and "28.59 ± 0.56" in rows["random"]
+    assert f"(p={p:.2g})" in rows["Random (random)"] and "28.59 ± 0.56" in rows["Random (random)"]
     assert stdout.startswith(header)
 
     latex = (out / "table.tex").read_text()
@@ -133,7 +133,7 @@ def test_missing_cells_show_as_dashes_and_are_listed(tmp_path):
     code, _, err = call("report", "--suite", suite, "--runs", runs, "--out", out)
     assert code == 0 and "3 cell(s) have no finished record" in err
     rows = (out / "table.md").read_text().splitlines()
-    assert "| average | – | 23.96 ± 0.53 |" in "\n".join(rows)
+    assert "| Average (average) | – | 23.96 ± 0.53 |" in "\n".join(rows)
     readme = (out / "README.md").read_text()
     assert "## Missing cells" in readme and "average glyphs 5w1s seed 0" in readme
 
@@ -174,7 +174,7 @@ def test_sweep_expands_cells_and_the_figure_plots_each_pool_size(tmp_path):
 
     fake_records(suite, runs)
     code, stdout, _ = call("report", "--suite", suite, "--runs", runs, "--out", out)
-    assert code == 0 and "free (pool.num_teachers=2)" in stdout and "free (pool.num_teachers=3)" in stdout
+    assert code == 0 and "FREE_5 (free) (pool.num_teachers=2)" in stdout and "(pool.num_teachers=3)" in stdout
     assert (out / "fig6-accuracy-vs-teachers-glyphs.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "fig5-grad-inner-product-glyphs-1shot.png").is_file()
     assert "![fig6-accuracy-vs-teachers-glyphs.png]" in (out / "README.md").read_text()

@@ -11,6 +11,7 @@ import numpy as np
 
 from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysis_cells
 from dfmlbench.records import load_per_episode, method_label, read_record
+from dfmlbench.reporting.paper import display_name
 from dfmlbench.runner import Cell, cell_stem, expand_cells
 from dfmlbench.stats import Z95
 
@@ -108,7 +109,9 @@ def aggregate(found: list[Found]) -> dict[tuple[str, str, int, tuple[tuple[str, 
 def _aggregate(key: tuple[str, str, int, tuple[tuple[str, Any], ...]], items: list[Found]) -> Aggregate:
     method, dataset, shot, sweep = key
     done = [i for i in items if i.record is not None]
-    label = method_label(done[0].record) if done else method  # type: ignore[arg-type]
+    label = display_name(method)
+    if done and method_label(done[0].record).endswith("(reconstructed)"):  # type: ignore[arg-type]
+        label += " (reconstructed)"
     result = Aggregate(method, label, dataset, shot, dict(sweep),
                        seeds=[i.cell.seed for i in done],
                        missing_seeds=[i.cell.seed for i in items if i.record is None])

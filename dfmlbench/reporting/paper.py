@@ -36,8 +36,14 @@ def _all_tables() -> dict[str, Any]:
     return yaml.safe_load(PAPER_VALUES.read_text())
 
 
+def display_name(method: str) -> str:
+    """The paper's name for a method, with dfmlbench's in brackets ("FREE_5 (free)")."""
+    paper_name = _all_tables()["names"].get(method)
+    return f"{paper_name} ({method})" if paper_name else method
+
+
 def paper_table(name: str) -> PaperTable:
-    tables = _all_tables()
+    tables = {k: v for k, v in _all_tables().items() if k != "names"}
     if name not in tables:
         raise UserError(f"unknown paper table '{name}': {did_you_mean(name, sorted(tables))}")
     raw = tables[name]
