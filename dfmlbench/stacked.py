@@ -11,6 +11,8 @@ the tasks' meta-gradients, as MAML's summed loss.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,22 +135,26 @@ def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return per_image.view(labels.shape).mean(dim=1)
 
 
-def sgd(model: Conv4, params: Stacked, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-        first_order: bool = False) -> Stacked:
-    """Each task's `steps` plain SGD steps on its own support (x, y): (T, B, ...), (T, B).
-
-    As `adaptation.sgd_steps`: when `params` require grad the result stays differentiable
-    w.r.t. them, through the steps (second order) or around them (`first_order`); otherwise
-    no graph is kept between steps (the meta-test).
-    """
+def sgd_steps(loss_of: Callable[[Stacked], torch.Tensor], params: Stacked, steps: int, lr: float,
+              first_order: bool = False) -> Stacked:
+    """`steps` plain SGD steps of every task on its own loss; `loss_of(params)` returns the
+    (T,) per-task losses. As `adaptation.sgd_steps`: when `params` require grad the result
+    stays differentiable w.r.t. them, through the steps (second order) or around them
+    (`first_order`); otherwise no graph is kept between steps (the meta-test)."""
     track = any(p.requires_grad for p in params.values())
     if not track:
         params = {name: p.detach().requires_grad_() for name, p in params.items()}
     with torch.enable_grad():
         for _ in range(steps):
-            loss = task_losses(forward(model, params, x), y).sum()
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=track and not first_order)
+            grads = torch.autograd.grad(loss_of(params).sum(), list(params.values()),
+                                        create_graph=track and not first_order)
             params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
             if not track:
                 params = {name: p.detach().requires_grad_() for name, p in params.items()}
     return params if track else {name: p.detach() for name, p in params.items()}
+
+
+def sgd(model: Conv4, params: Stacked, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
+        first_order: bool = False) -> Stacked:
+    """Each task's SGD steps on cross-entropy over its own support (x, y): (T, B, ...), (T, B)."""
+    return sgd_steps(lambda p: task_losses(forward(model, p, x), y), params, steps, lr, first_order)

@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfmlbench import stacked
 from dfmlbench.adaptation import Params, forward, sgd_steps
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.generator import Generator, reset_generator
 from dfmlbench.inversion.losses import kd_loss
-from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_lowest_loss
+from dfmlbench.inversion.recovery import (RecoverySettings, StackedTeachers, interleaved_targets, recover_lowest_loss,
+                                         recover_lowest_loss_stacked)
 from dfmlbench.learner import Learner
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_tasks_loss
 from dfmlbench.method import Method, RunContext
@@ -66,8 +68,12 @@ class BiDfMKD(Method):
 
 
 class BiDfTraining:
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
-        self.s, self.pool, self.ctx = settings, pool, ctx
+    """`batched`: an event meta-iteration's generation events (and replay meta-batches) as one
+    stacked computation where the architectures allow; False = the one-event reference loop."""
+
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
+                 batched: bool = True) -> None:
+        self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
         self.device = ctx.device
         self.model = ctx.build_learner_model()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
@@ -78,7 +84,7 @@ class BiDfTraining:
         self.torch_rng = ctx.generator("bidf-torch")
         self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["inner_steps"],
                                               settings["inner_lr"], settings["episode_batch"],
-                                              first_order=settings["first_order"])
+                                              first_order=settings["first_order"], batched=batched)
         self.support_labels = interleaved_targets(ctx.way, settings["support_per_class"], self.device)
         self.query_labels = interleaved_targets(ctx.way, settings["query_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["meta_iterations"])
@@ -116,9 +122,13 @@ class BiDfTraining:
         self.optimizer.zero_grad(set_to_none=True)
         accuracies: list[float] = []
         if event:
-            for _ in range(self.s["episode_batch"]):
-                teacher = self.pool[int(self.rng.integers(len(self.pool)))]
-                self.generation_event(teacher, boundary=iteration > self.s["adv_start"]).backward()
+            teachers = [self.pool[int(self.rng.integers(len(self.pool)))] for _ in range(self.s["episode_batch"])]
+            boundary = iteration > self.s["adv_start"]
+            if self.can_stack(teachers):
+                self.generation_events_stacked(teachers, boundary).backward()
+            else:
+                for teacher in teachers:
+                    self.generation_event(teacher, boundary).backward()
         else:
             tasks = [self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
                      for _ in range(self.s["episode_batch"])]
@@ -162,6 +172,71 @@ class BiDfTraining:
                 self.bank.add(class_id, images[labels == label])
         self.last_support = support
         return loss
+
+    def can_stack(self, teachers: list[Teacher]) -> bool:
+        models = [t.model for t in teachers]
+        return (self.batched and stacked.stackable(self.model)
+                and len({tuple(p.shape for p in m.parameters()) for m in models}) == 1
+                and all(stacked.stackable_teacher(m) for m in models))
+
+    def fresh_generators(self, count: int) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
+        """Reset generator weights and latent codes for `count` events, support then query for
+        each, drawn in the order the one-event loop draws them."""
+        inits, codes = [], []
+        for _ in range(count):
+            for labels in (self.support_labels, self.query_labels):
+                reset_generator(self.generator, self.torch_rng)
+                inits.append({n: p.detach().clone() for n, p in self.generator.named_parameters()})
+                codes.append(torch.randn(len(labels), self.s["nz"], generator=self.torch_rng)
+                             .to(self.device, inits[-1]["project.weight"].dtype))
+        return inits, codes
+
+    def generation_events_stacked(self, teachers: list[Teacher], boundary: bool) -> torch.Tensor:
+        """`generation_event` for each teacher, all at once (stacked generators, teachers and
+        adapted students); returns the summed outer KD loss."""
+        s, count = self.s, len(teachers)
+        self.events += count
+        inits, codes = self.fresh_generators(count)
+
+        def stacked_init(phase: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            chosen = inits[phase::2]
+            return ({n: torch.stack([c[n] for c in chosen]) for n in chosen[0]}, torch.stack(codes[phase::2]))
+
+        group = StackedTeachers.of([t.model for t in teachers])
+        settings = RecoverySettings(s["generator_iterations"], s["generator_lr"], s["generator_lr"],
+                                    adv_weight=0.0, adv_quirk=s["adv_quirk"])
+        with self.ctx.recovery():
+            support = recover_lowest_loss_stacked(self.generator, *stacked_init(0), self.support_labels, group,
+                                                  self.augment, settings, self.torch_rng)
+        views, targets = self.stacked_kd_targets(group, support)
+        adapted = stacked.sgd_steps(
+            lambda p: self.kd_losses(stacked.forward(self.model, p, views), targets),  # type: ignore[arg-type]
+            stacked.stack(dict(self.model.named_parameters()), count), s["kd_inner_steps"], s["inner_lr"],
+            s["first_order"])
+        frozen = {n: p.detach() for n, p in adapted.items()}
+        query_group = group.with_student(self.model, frozen) if boundary else group
+        settings = RecoverySettings(s["generator_iterations"], s["generator_lr"], s["generator_lr"],
+                                    adv_weight=s["adv_weight"] if boundary else 0.0, adv_quirk=s["adv_quirk"])
+        with self.ctx.recovery():
+            query = recover_lowest_loss_stacked(self.generator, *stacked_init(1), self.query_labels, query_group,
+                                                self.augment, settings, self.torch_rng)
+        query_views, query_targets = self.stacked_kd_targets(group, query)
+        loss = self.kd_losses(stacked.forward(self.model, adapted, query_views), query_targets).sum()  # type: ignore[arg-type]
+        for t, teacher in enumerate(teachers):
+            for images, labels in ((support[t], self.support_labels), (query[t], self.query_labels)):
+                for label, class_id in enumerate(teacher.class_ids):
+                    self.bank.add(class_id, images[labels == label])
+        self.last_support = support[-1]
+        return loss
+
+    def stacked_kd_targets(self, group: StackedTeachers, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = torch.stack([self.augment(batch, self.torch_rng) for batch in images])
+        with torch.no_grad():
+            return views, stacked.forward(group.model, group.params, views, group.buffers)  # type: ignore[arg-type]
+
+    def kd_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Each event's KD loss, (T,)."""
+        return torch.stack([kd_loss(s, t, self.s["kd_quirk"]) for s, t in zip(student_logits, teacher_logits)])
 
     def adapt_by_kd(self, views: torch.Tensor, targets: torch.Tensor) -> Params:
         """Inner-level KD: SGD steps from theta on KD(teacher || student) over the support views,

@@ -30,9 +30,9 @@ def purer(tiny_pool, tmp_path, batched=True, **settings):
     return PurerTraining(method.settings, tiny_pool, context(method, tmp_path), batched)
 
 
-def bidf(tiny_pool, tmp_path, **settings):
+def bidf(tiny_pool, tmp_path, batched=True, **settings):
     method = create_method("bidf-mkd", {**BIDF_TINY, **settings})
-    return BiDfTraining(method.settings, tiny_pool, context(method, tmp_path))
+    return BiDfTraining(method.settings, tiny_pool, context(method, tmp_path), batched)
 
 
 # -- shared pieces -------------------------------------------------------------------------------
@@ -221,7 +221,8 @@ def test_bidf_periodic_events_then_replay(tiny_pool, tmp_path):
     # Events at meta-iterations 1 and 3, two episode slots each.
     assert training.events == 4
     assert [step for step, _ in training.ctx.curves["replay_accuracy"]] == [2, 4]
-    assert learner.model is training.model and training.ctx.recovery_clock.intervals == 8
+    # two timed recoveries (support, query) per event meta-iteration: its events run stacked
+    assert learner.model is training.model and training.ctx.recovery_clock.intervals == 2 * 2
 
 
 def test_purer_run_is_reproducible_and_timed(tiny_pool, tmp_path):
@@ -232,3 +233,41 @@ def test_purer_run_is_reproducible_and_timed(tiny_pool, tmp_path):
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q)
     assert a.ctx.recovery_clock.intervals == 3 and (tmp_path / "a" / "recovered_task.png").is_file()
+
+
+def test_bidf_stacked_events_equal_the_event_loop(tiny_pool, tmp_path):
+    """An event meta-iteration's generation events batched (stacked generators, teachers and
+    adapted students) give the loop's outer loss, meta-gradient, bank and recovered images.
+    float64 and an augmentation that draws nothing, so both paths draw the same resets and codes
+    (in float32, Adam's sign-like first steps amplify rounding in near-zero gradients)."""
+    import copy
+    from dataclasses import replace as replace_field
+    from dfmlbench.inversion.augment import GeneratedImageAugment
+
+    class NormalizeOnly(GeneratedImageAugment):
+        def __call__(self, images, rng=None):
+            return self.normalize(images)
+
+    teachers = [replace_field(tiny_pool[i], model=copy.deepcopy(tiny_pool[i].model).double()) for i in (0, 1, 2)]
+    results = []
+    for batched in (True, False):
+        training = bidf(tiny_pool, tmp_path / str(batched), batched)
+        training.model.double()
+        training.generator.double()
+        training.augment = NormalizeOnly(tiny_pool.mean, tiny_pool.std)
+        if batched:
+            assert training.can_stack(teachers)
+            loss = training.generation_events_stacked(teachers, boundary=True)
+        else:
+            loss = sum(training.generation_event(t, boundary=True) for t in teachers)
+        grads = torch.autograd.grad(loss, list(training.model.parameters()))
+        bank = {c: training.bank.images_of(c) for c in training.bank.ready_classes}
+        results.append((loss.detach(), grads, bank, training.last_support, training.events))
+    (loss_a, grads_a, bank_a, last_a, events_a), (loss_b, grads_b, bank_b, last_b, events_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-9, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+    assert events_a == events_b == 3 and list(bank_a) == list(bank_b)
+    for c in bank_a:
+        assert torch.equal(bank_a[c], bank_b[c])
+    torch.testing.assert_close(last_a, last_b, rtol=1e-9, atol=1e-12)
