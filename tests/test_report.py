@@ -81,8 +81,8 @@ def test_table_in_paper_layout_with_seed_aggregation_best_and_paired_tests(tmp_p
     assert code == 0
     table = (out / "table.md").read_text()
     header = table.splitlines()[0]
-    assert header == ("| method | glyphs 5-way 1-shot | paper (cifar-fs) | glyphs Time (h) "
-                      "| paper Time (h, cifar-fs) |")
+    assert header == ("| method | glyphs 5-way 1-shot | paper (cifar-fs) | glyphs Time (h, test device) "
+                      "| paper Time (h, cifar-fs, RTX 3090) |")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
     free_avg = (acc[("free", 0)] + acc[("free", 1)]) / 2
     ci = 1.96 * free_avg.std() / np.sqrt(50)

@@ -43,6 +43,8 @@ class Table:
     reference: dict[str, str]  # record dataset -> dataset whose paper values are shown
     show_time: bool
     show_paper: bool
+    device: str = ""  # where the Time column was measured
+    paper_device: str = ""
 
     def paper_name(self, dataset: str) -> str:
         return self.reference.get(dataset, dataset)
@@ -76,7 +78,9 @@ def build_table(results: dict[Any, Aggregate], methods: list[str], datasets: lis
         for shot in shots:
             _mark_best(rows, (dataset, shot))
     show_time = any(h is not None for row in rows for h in [*row.hours.values(), *row.paper_hours.values()])
-    return Table(title, datasets, shots, rows, reference, show_time, paper is not None)
+    devices = sorted({d for row in rows for c in row.cells.values() for d in c.result.devices})
+    return Table(title, datasets, shots, rows, reference, show_time, paper is not None,
+                 " + ".join(devices) or "no device", paper.device if paper else "")
 
 
 def _mark_best(rows: list[Row], column: tuple[str, int]) -> None:
@@ -134,9 +138,9 @@ def _columns(table: Table) -> list[tuple[str, str]]:
             if table.show_paper:
                 columns.append((f"paper ({paper_name})", "paper"))
         if table.show_time:
-            columns.append((f"{dataset} Time (h)", "time"))
+            columns.append((f"{dataset} Time (h, {table.device})", "time"))
             if table.show_paper:
-                columns.append((f"paper Time (h, {paper_name})", "paper_time"))
+                columns.append((f"paper Time (h, {paper_name}, {table.paper_device})", "paper_time"))
     return columns
 
 
