@@ -143,11 +143,13 @@ def plot_curves(series: dict[str, list[list[tuple[float, float]]]], path: Path, 
             raise ValueError(f"series '{label}' has no points")
         steps, mean, sd, count = _aggregate(runs)
         if len(runs) == 1:
-            window = max(1, len(steps) // 20)
-            smooth = moving_average(mean, window)
-            ax.plot(steps, mean, color=colour, alpha=0.3, linewidth=0.8, label=f"{label} (raw)")
-            ax.plot(steps, smooth, color=colour, linewidth=1.8,
-                    label=f"{label} (moving average of {window})")
+            window = max(1, round(len(steps) / 10))
+            if window == 1:  # too few points to smooth: the curve itself
+                ax.plot(steps, mean, color=colour, linewidth=1.8, label=f"{label} (1 seed)")
+            else:  # the raw curve faint, unlabelled; its moving average carries the legend
+                ax.plot(steps, mean, color=colour, alpha=0.3, linewidth=0.8)
+                ax.plot(steps, moving_average(mean, window), color=colour, linewidth=1.8,
+                        label=f"{label} (1 seed; moving average of {window}, raw faint)")
             lows.append(mean.min())
             highs.append(mean.max())
             continue
