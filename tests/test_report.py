@@ -209,3 +209,12 @@ def test_fig4_analysis_runs_and_reports_a_tsne(tmp_path, glyphs):
     assert code == 0 and (out / "fig4-tsne-glyphs-seed0.png").read_bytes()[:4] == b"\x89PNG"
     arrays = np.load(next((runs / "fig4" / "smoke" / "analysis-teacher-features").glob("*.arrays.npz")))
     assert arrays["features"].shape[:2] == (3, 4)  # smoke: 3 teachers x 4 images
+
+
+def test_a_record_without_its_episodes_file_counts_as_missing(tmp_path):
+    suite, runs, out = write_suite(tmp_path), tmp_path / "runs", tmp_path / "report"
+    fake_records(suite, runs)
+    for npy in (runs / "mini-table" / "smoke" / "average").glob("*.episodes.npy"):
+        npy.unlink()
+    code, _, err = call("report", "--suite", suite, "--runs", runs, "--out", out)
+    assert code == 0 and "2 cell(s) have no finished record" in err

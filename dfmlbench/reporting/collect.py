@@ -40,9 +40,13 @@ class FoundAnalysis:
             return {k: data[k] for k in data.files}
 
 
-def _ok(path: Path) -> dict[str, Any] | None:
+def _ok(path: Path, companion_key: str) -> dict[str, Any] | None:
+    """A finished record whose companion file (per-episode accuracies, arrays) is beside it."""
     record = read_record(path.with_suffix(""))
-    return record if record and record.get("status") == "ok" else None
+    if not record or record.get("status") != "ok":
+        return None
+    companion = record.get(companion_key)
+    return record if companion and (path.parent / companion).is_file() else None
 
 
 def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[FoundAnalysis]]:
@@ -53,13 +57,11 @@ def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[F
         key = (path, tuple(cell.sweep.items()))
         if key not in seen:
             seen.add(key)
-            found.append(Found(cell, path, _ok(path)))
+            found.append(Found(cell, path, _ok(path, "per_episode_file")))
     analyses = []
     for cell in expand_analysis_cells(config):
         path = analysis_stem(runs_dir, cell).with_suffix(".json")
-        record = _ok(path)
-        if record is not None and not (path.parent / record.get("arrays_file", "")).is_file():
-            record = None
+        record = _ok(path, "arrays_file")
         analyses.append(FoundAnalysis(cell, path, record))
     return found, analyses
 
