@@ -9,10 +9,25 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronized(function: Callable[[], object]) -> Callable[[], object]:
+    """`function`, then wait for the GPU: a timing must include the work it queued."""
+    def run() -> object:
+        result = function()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
+        return result
+    return run
+
 
 def best_seconds(function: Callable[[], object], rounds: int) -> float:
     """The fastest of `rounds` calls (the least disturbed by other load)."""
     times = []
+    function = synchronized(function)
     for _ in range(rounds):
         started = time.perf_counter()
         function()

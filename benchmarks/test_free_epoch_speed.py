@@ -8,9 +8,8 @@ Run: python -m pytest benchmarks -k free --benchmark-columns=mean,stddev,rounds
 from __future__ import annotations
 
 import pytest
-import torch
 
-from speed import best_seconds, check_ratio
+from speed import DEVICE, best_seconds, check_ratio
 from dfmlbench.maml import replay
 from dfmlbench.method import RunContext
 from dfmlbench.methods import create_method
@@ -26,7 +25,7 @@ TARGET = 3.0  # issue 8: one FREE epoch at least 3x faster batched than the refe
 
 def make_training(pool, batched: bool, folder) -> FreeTraining:
     method = create_method("free", SETTINGS)
-    ctx = RunContext(torch.device("cpu"), 0, method.settings, "conv4", 32, 3, 5, 1, folder,
+    ctx = RunContext(DEVICE, 0, method.settings, "conv4", 32, 3, 5, 1, folder,
                      validator=lambda learner: 0.0)
     return FreeTraining(method.settings, pool, ctx, batched=batched)
 
@@ -41,7 +40,7 @@ def one_epoch(training: FreeTraining, teachers) -> None:
 
 @pytest.fixture(scope="module")
 def pool(glyphs):
-    return obtain_pool(glyphs, PoolSpec(num_teachers=4, epochs=2))
+    return obtain_pool(glyphs, PoolSpec(num_teachers=4, epochs=2), DEVICE)
 
 
 def test_free_epoch(benchmark, pool, tmp_path):

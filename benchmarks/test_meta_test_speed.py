@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from speed import best_seconds, check_ratio
+from speed import DEVICE, best_seconds, check_ratio
 from dfmlbench.episodes import make_episodes
 from dfmlbench.evaluation import evaluate, evaluate_reference
 from dfmlbench.learner import Learner
@@ -33,10 +33,11 @@ def learner():
 @pytest.mark.parametrize("shot", [1, 5])
 def test_batched_meta_test(benchmark, glyphs, learner, shot):
     episodes = make_episodes(glyphs, "test", 5, shot, 15, EPISODES, seed=0)
-    reference = best_seconds(lambda: evaluate_reference(learner, glyphs, episodes), rounds=1)
-    batched = best_seconds(lambda: evaluate(learner, glyphs, episodes, chunk=20), rounds=2)
-    agree = np.mean(evaluate(learner, glyphs, episodes, chunk=20) == evaluate_reference(learner, glyphs, episodes))
-    benchmark.pedantic(evaluate, args=(learner, glyphs, episodes), kwargs={"chunk": 20},
+    reference = best_seconds(lambda: evaluate_reference(learner, glyphs, episodes, device=DEVICE), rounds=1)
+    batched = best_seconds(lambda: evaluate(learner, glyphs, episodes, device=DEVICE, chunk=20), rounds=2)
+    agree = np.mean(evaluate(learner, glyphs, episodes, device=DEVICE, chunk=20)
+                    == evaluate_reference(learner, glyphs, episodes, device=DEVICE))
+    benchmark.pedantic(evaluate, args=(learner, glyphs, episodes), kwargs={"chunk": 20, "device": DEVICE},
                        rounds=1, iterations=1)
     benchmark.extra_info.update(episodes=EPISODES, shot=shot, episodes_identical=float(agree))
     check_ratio(f"meta-test {shot}-shot", reference, batched, TARGET, benchmark.extra_info)
