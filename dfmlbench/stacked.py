@@ -118,7 +118,8 @@ def forward(model: Conv4, params: Stacked, x: torch.Tensor, buffers: Stacked | N
     """Logits (T, B, classes) of images (T, B, C, H, W), task t through parameters [t] (and,
     for teachers in eval mode, running statistics `buffers` [t]; `statistics` then collects
     each BN layer's DeepInversion term, (T,) per layer)."""
-    features = _sequential(model.features, "features.", params, buffers, x, statistics).flatten(2)
+    features = _sequential(model.features, "features.", params, buffers, x, statistics)
+    features = features.amax(dim=(-2, -1)) if model.any_size else features.flatten(2)
     return _linear(features, params["classifier.weight"], params["classifier.bias"])
 
 

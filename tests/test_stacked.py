@@ -123,3 +123,13 @@ def test_meta_test_of_a_resnet_learner_still_matches_the_reference(glyphs):
     protocol = AdaptProtocol(2, 0.01)
     np.testing.assert_array_equal(evaluate(Learner(model), glyphs, episodes, protocol, chunk=2),
                                   evaluate_reference(Learner(copy.deepcopy(model)), glyphs, episodes, protocol))
+
+
+def test_any_size_conv4_takes_32_and_84_px_and_stacks():
+    model = build_model("conv4-any", batch_stat_bn=True, generator=torch.Generator().manual_seed(0))
+    assert model.classifier.in_features == 32
+    for size in (32, 84):
+        x = images(2, 5, size)
+        logits = stacked.forward(model, stacked.stack(parameters_of(model), 2), x)
+        assert logits.shape == (2, 5, 5)
+        torch.testing.assert_close(logits[1], forward(model, parameters_of(model), x[1]), rtol=1e-4, atol=1e-5)

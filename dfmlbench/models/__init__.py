@@ -12,7 +12,7 @@ from dfmlbench.models.conv4 import Conv4
 from dfmlbench.models.resnet import BLOCKS_PER_STAGE, ResNet
 from dfmlbench.registry import did_you_mean
 
-ARCHITECTURES = ("conv4", *BLOCKS_PER_STAGE)
+ARCHITECTURES = ("conv4", "conv4-any", *BLOCKS_PER_STAGE)  # conv4-any: any input size (global max-pool)
 
 
 def init_official(model: nn.Module) -> None:
@@ -41,8 +41,9 @@ def build_model(arch: str, num_classes: int = 5, image_size: int = 32, in_channe
     with torch.random.fork_rng(devices=[]):
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        if arch == "conv4":
-            model: nn.Module = Conv4(num_classes, image_size, in_channels, track_running_stats=track)
+        if arch in ("conv4", "conv4-any"):
+            model: nn.Module = Conv4(num_classes, image_size, in_channels, track_running_stats=track,
+                                     any_size=arch == "conv4-any")
         else:
             model = ResNet(arch, num_classes, in_channels, track_running_stats=track)
         init_official(model)

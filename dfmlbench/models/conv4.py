@@ -23,8 +23,11 @@ class Conv4(nn.Module):
     """
 
     def __init__(self, num_classes: int = 5, image_size: int = 32, in_channels: int = 3,
-                 width: int = 32, track_running_stats: bool = True) -> None:
+                 width: int = 32, track_running_stats: bool = True, any_size: bool = False) -> None:
         super().__init__()
+        # any_size: a global max-pool after the blocks and a width-d head, so one model takes
+        # 32 and 84 px inputs (the multi-domain meta-learner, free.md §10).
+        self.any_size = any_size
         self.features = nn.Sequential(
             conv_block(in_channels, width, track_running_stats),
             *(conv_block(width, width, track_running_stats) for _ in range(3)),
@@ -34,10 +37,11 @@ class Conv4(nn.Module):
             side //= 2  # MaxPool2d floors: 84 -> 42 -> 21 -> 10 -> 5
         if side < 1:
             raise ValueError(f"Conv4 needs images of at least 16 px, got {image_size}")
-        self.classifier = nn.Linear(width * side * side, num_classes)
+        self.classifier = nn.Linear(width if any_size else width * side * side, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
+        features = self.features(x)
+        return features.amax(dim=(-2, -1)) if self.any_size else features.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))

@@ -56,7 +56,7 @@ def split_train_heldout(dataset: ImageDataset, class_ids: list[int]
 
 
 def _optimizer(model: nn.Module, arch: str, settings: PretrainSettings):
-    if arch == "conv4":
+    if arch.startswith("conv4"):
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         milestones = [70]
     else:
