@@ -5,6 +5,7 @@ kept as the reference."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -163,3 +164,33 @@ def evaluate_reference(learner: Learner, dataset: ImageDataset, episodes: Episod
             prediction = _predict(learner, model(xs), ys, model(xq), episodes.way)
         accuracies[batch.first] = _accuracy(prediction, batch.query_labels[0])
     return accuracies
+
+
+@dataclass(frozen=True)
+class BenchmarkEpisodes:
+    """The fixed episodes of one split: one set for a dataset, one per domain for a
+    multi-domain benchmark (each domain's images at their own size; D11: the score is over
+    all domains' episodes pooled, with each domain's own summary beside it)."""
+
+    parts: tuple[tuple[str, ImageDataset, EpisodeSet], ...]
+
+    def __len__(self) -> int:
+        return sum(len(episodes) for _, _, episodes in self.parts)
+
+    def sha(self) -> str:
+        if len(self.parts) == 1:
+            return self.parts[0][2].sha()
+        joined = "+".join(f"{name}:{episodes.sha()}" for name, _, episodes in self.parts)
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def evaluate(self, learner: Learner, protocol: AdaptProtocol, device: torch.device | str,
+                 chunk: int, progress: object | None = None) -> np.ndarray:
+        return np.concatenate([evaluate(learner, dataset, episodes, protocol, device, chunk, progress)
+                               for _, dataset, episodes in self.parts])
+
+    def per_domain(self, accuracies: np.ndarray) -> dict[str, np.ndarray]:
+        """Each domain's slice of `evaluate`'s result (empty for a single dataset)."""
+        if len(self.parts) == 1:
+            return {}
+        bounds = np.cumsum([0, *(len(episodes) for _, _, episodes in self.parts)])
+        return {name: accuracies[a:b] for (name, _, _), a, b in zip(self.parts, bounds, bounds[1:])}

@@ -16,9 +16,11 @@ from tqdm import tqdm
 
 from dfmlbench.config import assign, config_hash, sweep_points
 from dfmlbench.data import load_dataset
-from dfmlbench.episodes import EpisodeSet, make_episodes
+from dfmlbench.episodes import make_episodes
 from dfmlbench.errors import UserError
-from dfmlbench.evaluation import AdaptProtocol, evaluate
+from dfmlbench.data.base import ImageDataset
+from dfmlbench.data.multidomain import MultiDomainDataset
+from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.methods import METHODS, create_method, free_settings
@@ -162,9 +164,14 @@ def _lr_grid(protocol: dict[str, Any]) -> list[float] | None:
     return values
 
 
-def _episodes(dataset, split: str, protocol: dict[str, Any], shot: int, count: int) -> EpisodeSet:
-    return make_episodes(dataset, split, protocol["way"], shot, protocol["query"], count,
-                         protocol["episode_seed"])
+def _episodes(dataset: ImageDataset | MultiDomainDataset, split: str, protocol: dict[str, Any], shot: int,
+              count: int) -> BenchmarkEpisodes:
+    """`count` fixed episodes of the split (of each domain, for a multi-domain benchmark)."""
+    parts = ([(d.name, d.dataset) for d in dataset.domains] if isinstance(dataset, MultiDomainDataset)
+             else [(dataset.name, dataset)])
+    return BenchmarkEpisodes(tuple(
+        (name, data, make_episodes(data, split, protocol["way"], shot, protocol["query"], count,
+                                   protocol["episode_seed"])) for name, data in parts))
 
 
 class CellRunner:
@@ -202,7 +209,7 @@ class CellRunner:
         val_episodes = _episodes(dataset, "val", protocol, cell.shot, protocol["val_episodes"])
 
         def validator(learner: Learner) -> float:
-            return float(evaluate(learner, dataset, val_episodes, adapt, device, chunk).mean())
+            return float(val_episodes.evaluate(learner, adapt, device, chunk).mean())
 
         artifacts = stem.with_suffix(".artifacts")
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
@@ -220,17 +227,17 @@ class CellRunner:
             """The fixed protocol, or the grid lr that is best on the meta-val episodes."""
             if lr_grid is None:
                 return adapt, None
-            by_lr = {str(lr): float(evaluate(candidate, dataset, val_episodes, AdaptProtocol(adapt.steps, lr),
-                                             device, chunk).mean()) for lr in lr_grid}
+            by_lr = {str(lr): float(val_episodes.evaluate(candidate, AdaptProtocol(adapt.steps, lr),
+                                                          device, chunk).mean()) for lr in lr_grid}
             return AdaptProtocol(adapt.steps, float(max(by_lr, key=by_lr.get))), by_lr
 
         chosen, val_by_lr = test_protocol(learner)
         with self._bar(total=len(test_episodes), desc="meta-test") as bar:
-            accuracies = evaluate(learner, dataset, test_episodes, chosen, device, chunk, bar)
+            accuracies = test_episodes.evaluate(learner, chosen, device, chunk, bar)
         extra = {}
         for name, other in ctx.extra_learners.items():
             other_protocol, other_by_lr = test_protocol(other)
-            extra[name] = summarize(evaluate(other, dataset, test_episodes, other_protocol, device, chunk)).as_dict()
+            extra[name] = summarize(test_episodes.evaluate(other, other_protocol, device, chunk)).as_dict()
             if other_by_lr is not None:
                 extra[name]["meta_test_lr"] = {"chosen": other_protocol.lr, "val_accuracy_by_lr": other_by_lr}
         eval_seconds = time.perf_counter() - t0
@@ -242,6 +249,8 @@ class CellRunner:
             "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
             "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
             "accuracy": summary.as_dict(), "extra_evaluations": extra,
+            "per_domain": {name: summarize(part).as_dict()
+                           for name, part in test_episodes.per_domain(accuracies).items()},
             "meta_test_lr": {"chosen": chosen.lr, "selected_on": "meta-val" if val_by_lr else "fixed",
                              "val_accuracy_by_lr": val_by_lr},
             "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),

@@ -21,12 +21,18 @@ DATASETS.register("miniimagenet", "dfmlbench.data.miniimagenet:load_miniimagenet
 DATASETS.register("cub", "dfmlbench.data.cub:load_cub",
                   summary="CUB-200-2011 images, 200 classes (100/50/50) x 41-60, 84 px")
 
+DATASETS.register("mix", "dfmlbench.data.multidomain:load_mix", settings={"download": True},
+                  summary="multi-domain (Table 3): cifar-fs + miniimagenet + cub, one label space, a meta-test per domain")
+DATASETS.register("mix-small", "dfmlbench.data.multidomain:load_mix_small",
+                  summary="multi-domain on the data at hand: omniglot + glyphs (for cpu and smoke profiles)")
+
 _loaded: dict[tuple[str, str | None], ImageDataset] = {}
 
 
 def load_dataset(name: str, data_root: str | None = None, download: bool = False) -> ImageDataset:
-    """Load (once per process) the named dataset. `download` lets a dataset registered with
-    the setting `download` (cifar-fs) fetch its source when it is missing; others ignore it."""
+    """Load (once per process) the named dataset (a `MultiDomainDataset` for `mix` and
+    `mix-small`). `download` lets a dataset registered with the setting `download` (cifar-fs,
+    and `mix` for its CIFAR part) fetch its source when it is missing; others ignore it."""
     key = (name, data_root)
     if key not in _loaded:
         entry = DATASETS.get(name)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +19,7 @@ import torch
 
 from dfmlbench import __version__
 from dfmlbench.data.base import ImageDataset
+from dfmlbench.data.multidomain import DomainTeacher, MultiDomainDataset
 from dfmlbench.errors import UserError
 from dfmlbench.models import ARCHITECTURES
 from dfmlbench.paths import cache_dir
@@ -122,9 +123,11 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
             on_teacher(index + 1, spec.num_teachers)
 
 
-def obtain_pool(dataset: ImageDataset, spec: PoolSpec, device: torch.device | str = "cpu",
+def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, device: torch.device | str = "cpu",
                 on_teacher: Callable[[int, int], None] | None = None) -> TeacherPool:
     """The pool a run uses: `spec.path` when given, else the cache (built or extended as needed)."""
+    if isinstance(dataset, MultiDomainDataset):
+        return _multidomain_pool(dataset, spec, device, on_teacher)
     if spec.path:
         pool = load_pool(Path(spec.path).expanduser(), spec.num_teachers, device)
         if pool.image_size != dataset.image_size or pool.in_channels != dataset.channels:
@@ -137,6 +140,39 @@ def obtain_pool(dataset: ImageDataset, spec: PoolSpec, device: torch.device | st
     if have < spec.num_teachers:
         build_pool(dataset, spec, folder, device, on_teacher)
     return load_pool(folder, spec.num_teachers, device, key)
+
+
+def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.device | str,
+                      on_teacher: Callable[[int, int], None] | None) -> TeacherPool:
+    """Teacher i comes from domain d(i), drawn from (seed, i) alone, and is the next teacher of
+    that domain's own cached pool (trained on its images at its size and statistics); it is
+    wrapped to take the shared image space, and its class ids move into the shared label space."""
+    if spec.path:
+        raise UserError(f"pool.path cannot serve the multi-domain dataset '{data.name}': its teachers "
+                        "come from each domain's own pool; leave pool.path null")
+    picks, counts = [], [0] * len(data.domains)
+    for index in range(spec.num_teachers):
+        domain = derive_seed("teacher-domain", spec.seed, index) % len(data.domains)
+        picks.append((domain, counts[domain]))
+        counts[domain] += 1
+    pools = {d: obtain_pool(data.domains[d].source, replace(spec, num_teachers=count), device)
+             for d, count in enumerate(counts) if count}
+    done = 0
+    teachers = []
+    for index, (d, position) in enumerate(picks):
+        domain, own = data.domains[d], pools[d][position]
+        model = DomainTeacher(own.model, domain.source.image_size, domain.source.mean, domain.source.std,
+                              data.mean, data.std).to(device).eval().requires_grad_(False)
+        teachers.append(Teacher(index, own.arch, model, [domain.offset + c for c in own.class_ids],
+                                [f"{domain.name}/{n}" for n in own.class_names], own.heldout_acc, own.sha256))
+        done += 1
+        if on_teacher is not None:
+            on_teacher(done, spec.num_teachers)
+    key = hashlib.sha256("+".join(f"{d}:{p.key}" for d, p in sorted(pools.items())).encode()).hexdigest()[:16]
+    return TeacherPool(teachers, data.name, data.image_size, data.channels, data.mean, data.std,
+                       next(iter(pools.values())).path, key,
+                       {"domains": {data.domains[d].name: {"teachers": counts[d], "key": p.key, "path": str(p.path)}
+                                    for d, p in pools.items()}})
 
 
 __all__ = ["PoolSpec", "Teacher", "TeacherPool", "build_pool", "load_pool", "obtain_pool", "pool_key"]

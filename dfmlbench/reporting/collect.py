@@ -13,7 +13,7 @@ from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysi
 from dfmlbench.records import load_per_episode, method_label, read_record
 from dfmlbench.reporting.paper import display_name
 from dfmlbench.runner import Cell, cell_stem, expand_cells
-from dfmlbench.stats import Z95
+from dfmlbench.stats import Z95, summarize
 
 
 @dataclass
@@ -92,6 +92,7 @@ class Aggregate:
     episodes_sha: str | None = None
     recovery_hours: float | None = None
     devices: list[str] = field(default_factory=list)
+    per_domain: dict[str, tuple[float, float]] = field(default_factory=dict)  # multi-domain: mean, ci95
     curves: list[dict[str, Any]] = field(default_factory=list)  # per seed
     artifacts: list[Path] = field(default_factory=list)  # per seed
 
@@ -128,6 +129,12 @@ def _aggregate(key: tuple[str, str, int, tuple[tuple[str, Any], ...]], items: li
         result.per_episode = np.mean(per_seed, axis=0)
         result.episodes_sha = shas.pop()
         result.ci95 = Z95 * float(result.per_episode.std(ddof=0)) / np.sqrt(result.per_episode.size)
+        domains = done[0].record.get("per_domain") or {}  # type: ignore[union-attr]
+        bounds = np.cumsum([0, *(int(d["n"]) for d in domains.values())])
+        if domains and bounds[-1] == result.per_episode.size:
+            for name, a, b in zip(domains, bounds, bounds[1:]):
+                part = summarize(result.per_episode[a:b])
+                result.per_domain[name] = (part.mean, part.ci95)
     seconds = [(i.record.get("timings") or {}).get("recovery_seconds") for i in done]  # type: ignore[union-attr]
     if all(s is not None for s in seconds):
         result.recovery_hours = float(np.mean(seconds)) / 3600.0

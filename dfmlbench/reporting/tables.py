@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dfmlbench.reporting.collect import Aggregate
@@ -45,6 +45,7 @@ class Table:
     show_paper: bool
     device: str = ""  # where the Time column was measured
     paper_device: str = ""
+    domains: dict[str, list[str]] = field(default_factory=dict)  # dataset -> its domains (multi-domain)
 
     def paper_name(self, dataset: str) -> str:
         return self.reference.get(dataset, dataset)
@@ -79,8 +80,12 @@ def build_table(results: dict[Any, Aggregate], methods: list[str], datasets: lis
             _mark_best(rows, (dataset, shot))
     show_time = any(h is not None for row in rows for h in [*row.hours.values(), *row.paper_hours.values()])
     devices = sorted({d for row in rows for c in row.cells.values() for d in c.result.devices})
+    domains = {dataset: list(dict.fromkeys(name for row in rows for (d, _), c in row.cells.items()
+                                           if d == dataset for name in c.result.per_domain))
+               for dataset in datasets}
     return Table(title, datasets, shots, rows, reference, show_time, paper is not None,
-                 " + ".join(devices) or "no device", paper.device if paper else "")
+                 " + ".join(devices) or "no device", paper.device if paper else "",
+                 {d: names for d, names in domains.items() if names})
 
 
 def _mark_best(rows: list[Row], column: tuple[str, int]) -> None:
@@ -135,6 +140,7 @@ def _columns(table: Table) -> list[tuple[str, str]]:
         paper_name = table.paper_name(dataset)
         for shot in table.shots:
             columns.append((f"{dataset} {_shot_name(shot)}", "acc"))
+            columns += [(f"· {domain} {_shot_name(shot)}", "domain") for domain in table.domains.get(dataset, [])]
             if table.show_paper:
                 columns.append((f"paper ({paper_name})", "paper"))
         if table.show_time:
@@ -152,6 +158,9 @@ def _row_values(table: Table, row: Row, bold: tuple[str, str]) -> list[str]:
             text = _accuracy(cell)
             text = f"{bold[0]}{text}{bold[1]}" if cell is not None and cell.best else text
             values.append(f"{text} ({_p(cell)})" if _p(cell) else text)
+            for domain in table.domains.get(dataset, []):
+                part = cell.result.per_domain.get(domain) if cell else None
+                values.append(f"{part[0]:.2f} ± {part[1]:.2f}" if part else "–")
             if table.show_paper:
                 values.append(_paper(cell.paper if cell else None))
         if table.show_time:
