@@ -82,3 +82,9 @@ def test_a_multidomain_run_reports_each_domain_and_the_pooled_score(tmp_path):
     code, stdout, _ = call("report", "--suite", "table3", "--profile", "smoke", "--runs", runs,
                            "--out", tmp_path / "report")
     assert code == 0 and "· omniglot 5-way 1-shot" in stdout and "· glyphs 5-way 1-shot" in stdout
+
+
+def test_verify_checks_each_dataset_of_a_multidomain_name(tmp_path):
+    from dfmlbench.data.verify import verify
+    lines, ok = verify(["mix"], str(tmp_path))
+    assert not ok and [line.split(":")[0] for line in lines] == ["cifar-fs", "miniimagenet", "cub"]

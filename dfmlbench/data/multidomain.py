@@ -92,19 +92,21 @@ class DomainTeacher(nn.Module):
         return self.model(x * self.scale + self.shift)
 
 
-def _load(name: str, members: tuple[str, ...], data_root: str | None, download: bool) -> MultiDomainDataset:
+MEMBERS = {"mix": ("cifar-fs", "miniimagenet", "cub"),  # the paper's multi-domain benchmark
+           "mix-small": ("omniglot", "glyphs")}  # laptop-sized, on the data at hand
+
+
+def _load(name: str, data_root: str | None, download: bool) -> MultiDomainDataset:
     from dfmlbench.data import load_dataset
-    return compose(name, [load_dataset(m, data_root, download) for m in members])
+    return compose(name, [load_dataset(m, data_root, download) for m in MEMBERS[name]])
 
 
 def load_mix(data_root: str | None = None, download: bool = False) -> MultiDomainDataset:
-    """The paper's multi-domain benchmark: CIFAR-FS, miniImageNet, CUB."""
-    return _load("mix", ("cifar-fs", "miniimagenet", "cub"), data_root, download)
+    return _load("mix", data_root, download)
 
 
 def load_mix_small(data_root: str | None = None, download: bool = False) -> MultiDomainDataset:
-    """A laptop-sized multi-domain benchmark on the data at hand: Omniglot and glyphs."""
-    return _load("mix-small", ("omniglot", "glyphs"), data_root, download)
+    return _load("mix-small", data_root, download)
 
 
-__all__ = ["Domain", "DomainTeacher", "MultiDomainDataset", "compose", "load_mix", "load_mix_small"]
+__all__ = ["MEMBERS", "Domain", "DomainTeacher", "MultiDomainDataset", "compose", "load_mix", "load_mix_small"]

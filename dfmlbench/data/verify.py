@@ -65,8 +65,10 @@ def verify(names: list[str], data_root: str | None = None, strict: bool = False)
     """Report lines for each dataset, and whether all passed (warnings fail only if `strict`)."""
     for name in names:
         DATASETS.get(name)  # fail on a typo before doing any work
+    from dfmlbench.data.multidomain import MEMBERS
     lines, all_ok = [], True
-    for name in names or DEFAULT:
+    expanded = [member for name in names or DEFAULT for member in MEMBERS.get(name, (name,))]
+    for name in dict.fromkeys(expanded):  # a multi-domain name checks each of its datasets
         found, ok = verify_one(name, data_root, strict)
         lines += found
         all_ok &= ok
