@@ -78,9 +78,10 @@ def _accuracy(prediction: torch.Tensor, labels: torch.Tensor) -> float:
 
 def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
              protocol: AdaptProtocol = AdaptProtocol(), device: torch.device | str = "cpu",
-             chunk: int = 20, progress: object | None = None) -> np.ndarray:
+             chunk: int = 20, progress: object | None = None, stacked_path: bool | None = None) -> np.ndarray:
     """Per-episode query accuracies in % (float64, one per episode), `chunk` episodes at a time
-    in one computation (dfmlbench.stacked for Conv4 meta-learners, `vmap` otherwise).
+    in one computation: dfmlbench.stacked for Conv4 meta-learners where it is the device's
+    default (`stacked_path=None`; a GPU), `vmap` adaptation otherwise.
 
     BN normalises with the support batch while adapting and the query batch when predicting,
     the transductive protocol of every official baseline.
@@ -98,7 +99,8 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
             inits = [learner.init_for_episode(batch.first + i) for i in range(count)]
             params = {k: torch.stack([p[k] for p in inits]).to(device) for k in shared_init}
             params_dim = 0
-        if stacked.stackable(model):
+        use_stacked = stacked.batch_by_default(device) if stacked_path is None else stacked_path
+        if use_stacked and stacked.stackable(model):
             support_logits, query_logits = _adapt_and_predict_stacked(
                 model, params if params_dim == 0 else stacked.stack(params, count), batch, steps, protocol.lr)
         else:

@@ -24,6 +24,14 @@ from dfmlbench.models.conv4 import Conv4
 Stacked = dict[str, torch.Tensor]  # name -> (tasks, *parameter shape)
 
 
+def batch_by_default(device: torch.device | str) -> bool:
+    """Whether the stacked paths are the default on `device`. On a GPU one stacked kernel
+    replaces many small launches. On the 2-core development CPU they measured slower than the
+    one-at-a-time loops for recovery (FREE 1.7x, BiDf-MKD 1.6x slower over a cpu suite) and for
+    5-shot meta-tests, equal for PURER (docs/performance.md): the loops are the CPU default."""
+    return torch.device(device).type == "cuda"
+
+
 def stackable(model: nn.Module) -> bool:
     """A Conv4 whose BN always uses batch statistics (the meta-learner form)."""
     return isinstance(model, Conv4) and all(

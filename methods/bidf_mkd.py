@@ -69,10 +69,12 @@ class BiDfMKD(Method):
 
 class BiDfTraining:
     """`batched`: an event meta-iteration's generation events (and replay meta-batches) as one
-    stacked computation where the architectures allow; False = the one-event reference loop."""
+    stacked computation where the architectures allow; False = the one-event reference loop;
+    None = the device's default (stacked on a GPU, loops on a CPU)."""
 
     def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool = True) -> None:
+                 batched: bool | None = None) -> None:
+        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
         self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
         self.device = ctx.device
         self.model = ctx.build_learner_model()

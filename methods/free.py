@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfmlbench import stacked
 from dfmlbench.adaptation import forward, parameters_of
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
@@ -105,12 +106,13 @@ class FreeTraining:
     """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs.
 
     `batched`: the b recoveries and each replay meta-batch run as one stacked computation where
-    the architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths, for
-    tests and the speed benchmark. Not a setting: both paths compute the same algorithm.
+    the architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths; None =
+    the device's default (stacked.batch_by_default: stacked on a GPU, loops on a CPU). Not a setting: both paths compute the same algorithm.
     """
 
     def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool = True) -> None:
+                 batched: bool | None = None) -> None:
+        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
         self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
         self.device = ctx.device
         self.model = ctx.build_learner_model()

@@ -105,10 +105,12 @@ class Purer(Method):
 
 class PurerTraining:
     """`batched`: the chosen teachers' losses (and the meta-step's episodes) as one stacked
-    computation where the architectures allow; False = the per-teacher reference loop."""
+    computation where the architectures allow; False = the per-teacher reference loop;
+    None = the device's default (stacked on a GPU, loops on a CPU)."""
 
     def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool = True) -> None:
+                 batched: bool | None = None) -> None:
+        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
         self.batched = batched
         self.s, self.pool, self.ctx = settings, pool, ctx
         classes = sorted({c for t in pool for c in t.class_ids})

@@ -133,3 +133,18 @@ def test_any_size_conv4_takes_32_and_84_px_and_stacks():
         logits = stacked.forward(model, stacked.stack(parameters_of(model), 2), x)
         assert logits.shape == (2, 5, 5)
         torch.testing.assert_close(logits[1], forward(model, parameters_of(model), x[1]), rtol=1e-4, atol=1e-5)
+
+
+def test_meta_test_stacked_path_equals_the_reference(glyphs):
+    from dfmlbench.episodes import make_episodes
+    from dfmlbench.evaluation import evaluate, evaluate_reference
+    from dfmlbench.learner import Learner
+    episodes = make_episodes(glyphs, "test", 5, 1, 15, 8, seed=3)
+    meta_learner = Learner(learner())
+    np.testing.assert_array_equal(evaluate(meta_learner, glyphs, episodes, chunk=4, stacked_path=True),
+                                  evaluate_reference(meta_learner, glyphs, episodes))
+
+
+def test_stacked_paths_are_the_default_on_gpus_only():
+    assert stacked.batch_by_default("cuda") and stacked.batch_by_default(torch.device("cuda:0"))
+    assert not stacked.batch_by_default("cpu")
