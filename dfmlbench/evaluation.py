@@ -102,12 +102,13 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
         use_stacked = stacked.batch_by_default(device) if stacked_path is None else stacked_path
         if use_stacked and stacked.stackable(model):
             support_logits, query_logits = _adapt_and_predict_stacked(
-                model, params if params_dim == 0 else stacked.stack(params, count), batch, steps, protocol.lr)
+                model, params if params_dim == 0 else stacked.stack(params, count), batch, steps, protocol.lr,
+                learner.head_matching)
         else:
             support_logits, query_logits = _adapt_and_predict_vmap(
-                model, params, params_dim, batch, steps, protocol.lr)
+                model, params, params_dim, batch, steps, protocol.lr, learner.head_matching)
         for i in range(count):
-            prediction = _predict(learner, support_logits[i] if learner.head_matching else None,
+            prediction = _predict(learner, support_logits[i] if support_logits is not None else None,
                                   batch.support_labels[i], query_logits[i], episodes.way)
             accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
         if progress is not None:
@@ -115,17 +116,19 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
     return accuracies
 
 
-def _adapt_and_predict_stacked(model: nn.Module, params: stacked.Stacked, batch: EpisodeBatch,
-                               steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """All episodes of the batch adapted and predicted together (Conv4 meta-learners)."""
+def _adapt_and_predict_stacked(model: nn.Module, params: stacked.Stacked, batch: EpisodeBatch, steps: int,
+                               lr: float, support_too: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """All episodes of the batch adapted and predicted together (Conv4 meta-learners); the
+    support logits only when asked (head matching)."""
     adapted = stacked.sgd(model, params, batch.support, batch.support_labels, steps, lr)  # type: ignore[arg-type]
     with torch.no_grad():
-        return (stacked.forward(model, adapted, batch.support),  # type: ignore[arg-type]
-                stacked.forward(model, adapted, batch.query))  # type: ignore[arg-type]
+        support = stacked.forward(model, adapted, batch.support) if support_too else None  # type: ignore[arg-type]
+        return support, stacked.forward(model, adapted, batch.query)  # type: ignore[arg-type]
 
 
 def _adapt_and_predict_vmap(model: nn.Module, params: Params, params_dim: int | None, batch: EpisodeBatch,
-                            steps: int, lr: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                            steps: int, lr: float, support_too: bool
+                            ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
     """Any architecture: adaptation under `vmap`, prediction episode by episode (a plain batch
     of queries runs dense kernels where vmap would need grouped convolutions)."""
     def adapt(own: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
@@ -136,9 +139,10 @@ def _adapt_and_predict_vmap(model: nn.Module, params: Params, params_dim: int | 
         support_logits, query_logits = [], []
         for i in range(len(batch.support)):
             own = {name: p[i] for name, p in adapted.items()}
-            support_logits.append(forward(model, own, batch.support[i]))
+            if support_too:
+                support_logits.append(forward(model, own, batch.support[i]))
             query_logits.append(forward(model, own, batch.query[i]))
-    return support_logits, query_logits
+    return (support_logits if support_too else None), query_logits
 
 
 def evaluate_reference(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,

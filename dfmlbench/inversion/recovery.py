@@ -5,7 +5,7 @@ adapted parameters (free.md §3.2). Shared by FIVE and the sequential-generator 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,22 +91,39 @@ def recover_task(generator: nn.Module, teacher: nn.Module, labels: torch.Tensor,
                  if with_grads else None)
         return images.detach(), grads
 
+    def images_only() -> torch.Tensor:
+        with torch.no_grad():
+            return generator(z)
+
+    images, grads, updates = _k_step_schedule(loss_and_grads, optimizer, settings, meta_gradient, images_only)
+    return RecoveredTask(images, labels, grads, updates)
+
+
+Step = Callable[[bool], tuple[torch.Tensor, Any]]  # with_grads -> (images, gradients or None)
+
+
+def _k_step_schedule(loss_and_grads: Step, optimizer: torch.optim.Optimizer, settings: RecoverySettings,
+                     meta_gradient: bool, images_only: Callable[[], torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, Any, int]:
+    """FIVE's inner loop, shared by the sequential and stacked recoveries: k updates, then the
+    images (and meta-gradient) at the adapted generator; or, official (D2/D3), the images and
+    gradient of the step before the last update. Returns (images, gradients, updates)."""
     official = settings.recover_at == "k-1"
     images, grads = None, None
     for step in range(settings.steps):
         last = step == settings.steps - 1
         images, step_grads = loss_and_grads(meta_gradient and official and last)
-        if official and last:  # the official code takes X and the gradient before the last step
+        if official and last:
             grads = step_grads
         optimizer.step()
     if official:
-        return RecoveredTask(images, labels, grads, settings.steps - 1)
+        return images, grads, settings.steps - 1
     if meta_gradient:
         images, grads = loss_and_grads(True)
     else:
-        with torch.no_grad():
-            images = generator(z)
-    return RecoveredTask(images, labels, grads, settings.steps)
+        assert images_only is not None
+        images = images_only()
+    return images, grads, settings.steps
 
 
 def can_recover_stacked(generator: nn.Module, teachers: list[nn.Module], settings: RecoverySettings,
@@ -197,18 +214,7 @@ def recover_tasks_stacked(generator: Generator, teachers: list[nn.Module], label
         grads = [p.grad.detach().clone() for p in params.values()] if with_grads else None
         return images.detach(), grads
 
-    official = settings.recover_at == "k-1"
-    images, grads = None, None
-    for step in range(settings.steps):
-        last = step == settings.steps - 1
-        images, step_grads = loss_and_grads(official and last)
-        if official and last:
-            grads = step_grads
-        optimizer.step()
-    updates = settings.steps - 1 if official else settings.steps
-    if not official:
-        images, grads = loss_and_grads(True)
-    assert images is not None and grads is not None
+    images, grads, updates = _k_step_schedule(loss_and_grads, optimizer, settings, meta_gradient=True)
     names = list(params)
     return [RecoveredTask(images[t], labels, {n: g[t] for n, g in zip(names, grads)}, updates)
             for t in range(count)]

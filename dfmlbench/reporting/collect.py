@@ -142,7 +142,3 @@ def _aggregate(key: tuple[str, str, int, tuple[tuple[str, Any], ...]], items: li
     result.curves = [i.record.get("curves") or {} for i in done]  # type: ignore[union-attr]
     result.artifacts = [i.path.with_suffix(".artifacts") for i in done]
     return result
-
-
-def record_paths(found: list[Found], analyses: list[FoundAnalysis]) -> list[Path]:
-    return sorted({i.path for i in [*found, *analyses] if i.record is not None})
