@@ -8,42 +8,24 @@ tests that rerun cells work on a copy of its records.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dfmlbench.cli import main
+from cli_harness import Result, assert_one_line_error, call
 from dfmlbench.config import config_hash, load_suite, resolve
 from dfmlbench.runner import resolve_device
 
 SMOKE = ["--suite", "quickstart", "--profile", "smoke"]
 SMOKE_TEST_EPISODES = resolve(load_suite("quickstart"), "smoke", [])["protocol"]["test_episodes"]
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def call(*argv: str) -> Result:
-    """`main(argv)` with its stdout and stderr captured (usable from module-scoped fixtures)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def record_paths(out: Path, method: str) -> list[Path]:
@@ -202,17 +184,6 @@ def test_record_without_episodes_file_runs_again(copied_run):
 
 
 # --- bad input: exit code 2 and one line on stderr -----------------------------------------------
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    assert result.code == 2
-    lines = result.err.splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("dfmlbench: error: ")
-    assert "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 BROKEN_SUITE = "suite: broken\nmethods: [random]\n  datasets: [glyphs]\n"
