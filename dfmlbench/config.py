@@ -19,9 +19,9 @@ import yaml
 from dfmlbench.errors import UserError
 from dfmlbench.paths import PACKAGE_DIR
 from dfmlbench.registry import did_you_mean
+from dfmlbench.schema import GLOBAL_RULES, load_yaml, show
 
 SUITES_DIR = PACKAGE_DIR / "suites"
-LIST_KEYS = ("methods", "datasets", "shots", "seeds", "analyses")
 
 DEFAULTS: dict[str, Any] = {
     "methods": [],
@@ -75,7 +75,11 @@ class Suite:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the suite file as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -160,23 +164,13 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise UserError(f"bad --set '{text}': write it as key=value, e.g. --set protocol.test_episodes=100")
     _check_dotted(key, "--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise UserError(f"bad --set '{text}': the value is not valid YAML; quote it") from None
     if key.count(".") == 1 and key.startswith("method_settings.") and not isinstance(value, dict):
         raise UserError(f"bad --set '{text}': '{key}' must name a setting "
                         f"(e.g. {key}.epochs=10) or be given a mapping")
-    return key, _number_or_self(value)
-
-
-def _number_or_self(value: Any) -> Any:
-    """YAML 1.1 reads '1e-3' as a string; a user writing it means the number."""
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            return value
-    return value
+    return key, value
 
 
 def assign(config: dict[str, Any], key: str, value: Any) -> None:
@@ -216,12 +210,38 @@ def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]
     for key, value in [*suite.profiles.get(profile, {}).items(), *assignments]:
         assign(config, key, value)
     _check_keys({k: v for k, v in config.items() if k != "method_overrides"}, DEFAULTS, "settings")
-    for key in LIST_KEYS:
-        if not isinstance(config[key], list):
-            config[key] = [config[key]]
+    _coerce_settings(config)
     config["suite"] = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
     config["profile"] = profile
     return config
+
+
+def _coerce_settings(config: dict[str, Any]) -> None:
+    """Every package-level setting typed and in range, names registered, swept values checked
+    like the setting they sweep, and the episodes and teachers fit each dataset's declared
+    facts: all before any file is read or any pool is built."""
+    from dfmlbench.analysis.cells import ANALYSES
+    from dfmlbench.data import DATASETS
+    from dfmlbench.data.facts import check_fit, declared_facts
+    from dfmlbench.methods import METHODS
+
+    for key, rule in GLOBAL_RULES.items():
+        section, _, leaf = key.rpartition(".")
+        node = config[section] if section else config
+        node[leaf] = rule.apply(key, node[leaf])
+    for registry, key in ((METHODS, "methods"), (DATASETS, "datasets"), (ANALYSES, "analyses")):
+        for name in config[key]:
+            registry.get(name)
+    for key, values in config["sweep"].items():
+        rule = GLOBAL_RULES.get(key)
+        if rule is not None:
+            config["sweep"][key] = [rule.apply(key, value) for value in values]
+    for point in sweep_points(config):
+        swept = copy.deepcopy(config)
+        for key, value in point.items():
+            assign(swept, key, value)
+        for name in swept["datasets"]:
+            check_fit(declared_facts(name), swept)
 
 
 def config_hash(cell_config: dict[str, Any]) -> str:

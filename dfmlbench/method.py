@@ -16,6 +16,7 @@ from dfmlbench.models import build_model
 from dfmlbench.pool import TeacherPool
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.registry import did_you_mean
+from dfmlbench.schema import Rule, method_rules
 from dfmlbench.timing import Stopwatch
 
 
@@ -100,6 +101,12 @@ class Method:
     paper_budget: ClassVar[dict[str, int]] = {}
     # Settings that take one of a few named values: checked once, here, for every method.
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Types and ranges the defaults cannot tell (a count that may be 0, a null default);
+    # every other setting is typed from its default (dfmlbench.schema.rule_from_default).
+    rules: ClassVar[dict[str, Rule]] = {}
+    # What a `smoke` profile runs this method with (seconds on a CPU, for tests); a suite's
+    # own method_settings and `--set` still win.
+    smoke_settings: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def budget_at(cls, fraction: float) -> dict[str, int]:
@@ -112,10 +119,8 @@ class Method:
             raise UserError(f"method '{self.name}' has no setting '{unknown[0]}': "
                             f"{did_you_mean(unknown[0], list(self.defaults)) if self.defaults else 'it takes none'}")
         self.settings = {**self.defaults, **settings}
-        for key, allowed in self.choices.items():
-            if self.settings[key] not in allowed:
-                raise UserError(f"{self.name}: {key} must be one of {', '.join(allowed)}, "
-                                f"got '{self.settings[key]}'")
+        for key, rule in method_rules(self.defaults, self.choices, self.rules).items():
+            self.settings[key] = rule.apply(f"method_settings.{self.name}.{key}", self.settings[key])
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         raise NotImplementedError

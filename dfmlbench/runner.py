@@ -56,25 +56,22 @@ class Outcome:
     path: Path
 
 
-def _budget_fraction(config: dict[str, Any]) -> float | None:
-    fraction = config.get("budget_fraction")
-    if fraction is None:
-        return None
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise UserError(f"budget_fraction must be a number in (0, 1] (or null), got {fraction!r}")
-    return float(fraction)
+SMOKE_PROFILE = "smoke"
 
 
 def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
-    """Settings, lowest priority first: the paper budget scaled by `budget_fraction`, the base
-    method's block (e.g. `free`, for all its variants, less what a variant fixes), the entry's
-    own block, then `--set method.KEY`."""
+    """Settings, lowest priority first: the method's own smoke settings (under the `smoke`
+    profile only), the paper budget scaled by `budget_fraction`, the base method's block (e.g.
+    `free`, for all its variants, less what a variant fixes), the entry's own block, then
+    `--set method.KEY`."""
     free = free_settings(name)
     method_class = METHODS.get(name).load()
     base = method_class.name
-    fraction = _budget_fraction(config)
-    settings = ({k: v for k, v in method_class.budget_at(fraction).items() if k in free}
-                if fraction is not None else {})
+    fraction = config.get("budget_fraction")
+    settings = ({k: v for k, v in method_class.smoke_settings.items() if k in free}
+                if config["profile"] == SMOKE_PROFILE else {})
+    if fraction is not None:
+        settings.update({k: v for k, v in method_class.budget_at(fraction).items() if k in free})
     settings.update({k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free})
     settings.update(config["method_settings"].get(name) or {})
     for key, value in config.get("method_overrides", {}).items():
@@ -114,7 +111,6 @@ def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
         hint = did_you_mean(key, known) if known else "they take no settings"
         raise UserError(f"--set method.{key}: none of the methods run ({', '.join(names)}) "
                         f"has that setting free to change; {hint}")
-    _lr_grid(config["protocol"])  # fail before any cell runs
     # Optional keys left at null stay out of the cell config, so older hashes remain valid.
     protocol = {k: v for k, v in config["protocol"].items() if not (k == "lr_grid" and v is None)}
     cells = []
@@ -147,21 +143,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from None
-
-
-def _lr_grid(protocol: dict[str, Any]) -> list[float] | None:
-    grid = protocol.get("lr_grid")
-    if grid is None:
-        return None
-    grid = grid if isinstance(grid, list) else [grid]
-    try:
-        values = [float(v) for v in grid]
-    except (TypeError, ValueError):
-        values = []
-    if not values or any(not v > 0 for v in values):
-        raise UserError(f"protocol.lr_grid must be a non-empty list of positive learning rates "
-                        f"(e.g. [0.01, 0.1]) or null, got {grid!r}")
-    return values
 
 
 def _episodes(dataset: ImageDataset | MultiDomainDataset, split: str, protocol: dict[str, Any], shot: int,
@@ -221,7 +202,7 @@ class CellRunner:
         fit_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        lr_grid = _lr_grid(protocol)
+        lr_grid = protocol.get("lr_grid")  # typed when the suite was resolved
 
         def test_protocol(candidate: Learner) -> tuple[AdaptProtocol, dict[str, float] | None]:
             """The fixed protocol, or the grid lr that is best on the meta-val episodes."""

@@ -3,7 +3,6 @@ the initialisation, its output units mapped to the episode's classes by identity
 
 from __future__ import annotations
 
-from dfmlbench.errors import UserError
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.models import copy_parameters
@@ -21,11 +20,10 @@ VARIANTS = {
 class BestModel(Method):
     name = "best-model"
     defaults = {"variant": "finetune"}
+    choices = {"variant": tuple(VARIANTS)}
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         variant = self.settings["variant"]
-        if variant not in VARIANTS:
-            raise UserError(f"best-model variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
         assert pool is not None
         teacher = pool.most_accurate()
         model = ctx.build_learner_model(arch=teacher.arch)

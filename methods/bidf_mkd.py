@@ -26,6 +26,7 @@ from dfmlbench.learner import Learner
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_tasks_loss
 from dfmlbench.method import Method, RunContext
 from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.schema import integer
 from dfmlbench.selection import ModelSelection
 
 CHOICES = {"event_rule": ("periodic", "plateau"), "aug_granularity": ("batch", "sample")}
@@ -36,6 +37,10 @@ class BiDfMKD(Method):
     recovers_data = True
     paper_budget = {"meta_iterations": 60000, "adv_start": 4000}
     choices = CHOICES
+    rules = {"adv_start": integer(0)}
+    smoke_settings = {"meta_iterations": 12, "adv_start": 6, "episode_batch": 2, "generate_interval": 6,
+                      "support_per_class": 3, "query_per_class": 3, "generator_iterations": 3, "nz": 16, "ngf": 8,
+                      "kd_inner_steps": 2, "inner_steps": 2, "replay_query": 3, "val_interval": 6}
     defaults: dict[str, Any] = {
         "meta_iterations": 60000,  # episode_train 240000 / episode_batch 4
         "episode_batch": 4,

@@ -22,6 +22,7 @@ from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import TeacherPool
+from dfmlbench.schema import items, number
 
 INITS = ("mean", "sample", "sample-per-task")
 MAX_OUTPUT_WEIGHTS = 200_000_000  # hidden x P; beyond this the output layer does not fit a card
@@ -59,6 +60,8 @@ class DRO(Method):
     name = "dro"
     choices = {"init": INITS}
     paper_budget = {"steps": 10000}  # scaled by a suite's budget_fraction
+    rules = {"gamma_grid": items(number(0))}
+    smoke_settings = {"steps": 3, "hidden": 16, "gamma_grid": [0.1, 1.0]}
     defaults = {
         # Paper-scale values of the reconstruction (baselines.md §2.5, all [recon]).
         "steps": 10000,             # Adam steps, full batch of all teachers
@@ -75,29 +78,17 @@ class DRO(Method):
         "curve_points": 50,         # loss points logged per γ
     }
 
-    def _checked(self) -> dict[str, Any]:
-        s = dict(self.settings)
-        try:  # YAML 1.1 reads "1e-3" as a string
-            for key in ("lr", "embedding_init_std", "adversarial_weight", "ascent_lr"):
-                s[key] = float(s[key])
-            for key in ("steps", "embedding_dim", "hidden", "ascent_steps", "curve_points"):
-                s[key] = int(s[key])
-            grid = s["gamma_grid"] if isinstance(s["gamma_grid"], (list, tuple)) else [s["gamma_grid"]]
-            s["gamma_grid"] = [float(g) for g in grid]
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"dro: a numeric setting is not a number ({exc})") from None
-        if not s["gamma_grid"] or min(s["gamma_grid"]) < 0:
-            raise UserError("dro gamma_grid must list at least one non-negative value")
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         # The penalty's gradient step multiplies z̃ − z by (1 − 2αγ): it overshoots past the
         # ball's centre and diverges once 2αγ ≥ 1.
-        worst = 2 * s["ascent_lr"] * max(s["gamma_grid"])
+        worst = 2 * self.settings["ascent_lr"] * max(self.settings["gamma_grid"])
         if worst >= 1:
             raise UserError(f"dro: 2·ascent_lr·gamma = {worst:g} makes the ascent diverge; "
                             "keep it below 1 (lower ascent_lr or the largest gamma)")
-        return s
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
-        s = self._checked()
+        s = self.settings
         assert pool is not None
         arch = pool.single_architecture("dro")
         space = ParameterSpace.of(pool[0].model)

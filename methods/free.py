@@ -31,6 +31,7 @@ from dfmlbench.method import Method, RunContext
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.schema import integer, optional
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
 OFFICIAL = {
@@ -53,6 +54,11 @@ class Free(Method):
     recovers_data = True
     paper_budget = {"epochs": 980, "warmup_epochs": 19}
     choices = CHOICES
+    rules = {"warmup_epochs": integer(0), "checkpoint_interval": integer(0),
+             "replay_max_metabatches": optional(integer(1))}
+    smoke_settings = {"epochs": 2, "warmup_epochs": 1, "teachers_per_epoch": 2, "images_per_class": 4, "nz": 16,
+                      "ngf": 8, "k": 2, "replay_query": 3, "replay_episode_batch": 2, "replay_max_metabatches": 1,
+                      "val_interval": 1}
     defaults: dict[str, Any] = {
         "generator": "meta",  # meta (FIVE) | sequential (Baseline/Sequence ablations)
         "learner": "bell",  # bell | erm | none (Baseline: replay only)

@@ -24,6 +24,7 @@ from dfmlbench.method import Method, RunContext
 from dfmlbench.methods.average import average_state
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.schema import integer
 from dfmlbench.selection import ModelSelection
 
 CHOICES = {"init": ("random", "average"), "episode_split": ("random", "ordered")}
@@ -75,6 +76,9 @@ class Purer(Method):
     recovers_data = True
     paper_budget = {"iterations": 15000, "adv_start": 4000}
     choices = CHOICES
+    rules = {"jitter": integer(0), "adv_start": integer(0)}
+    smoke_settings = {"iterations": 6, "adv_start": 3, "candidate_teachers": 2, "query": 3, "episode_batch": 2,
+                      "inner_steps": 2, "val_interval": 2}
     defaults: dict[str, Any] = {
         "iterations": 15000,  # the FREE paper's PURER budget ("15000 iterations to converge")
         "candidate_teachers": 13,  # teachers per iteration (PURER+ candidate_size)

@@ -204,7 +204,7 @@ BROKEN_SUITE = "suite: broken\nmethods: [random]\n  datasets: [glyphs]\n"
      ["--set method.variant", "none of the methods run (random)"]),
     (["run", *SMOKE, "--method", "random", "--device", "bogus"], ["unknown device 'bogus'"]),
     (["run", *SMOKE, "--method", "random", "--set", "protocol.lr_grid=[0.1, -1]"],
-     ["protocol.lr_grid must be a non-empty list of positive learning rates"]),
+     ["protocol.lr_grid=[0.1, -1] is not allowed", "a non-empty list, each a positive, finite number"]),
     (["run", *SMOKE, "--method", "random", "--set", "protocol.lr_grid=[]"], ["protocol.lr_grid"]),
     (["run", *SMOKE, "--method", "random", "--bogus-flag"], ["unrecognized arguments: --bogus-flag"]),
     (["run", "--profile", "smoke"], ["--suite"]),

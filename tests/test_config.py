@@ -125,7 +125,27 @@ def test_resolve_method_assignments(quickstart):
                                            parse_assignment("method_settings.random.reinit_per_task=true")])
     assert config["method_overrides"] == {"variant": "zero-step"}
     assert config["method_settings"]["random"] == {"reinit_per_task": True}
-    assert config["method_settings"]["free"]["epochs"] == 2  # the smoke profile's FREE budget
+    assert "free" not in config["method_settings"]  # FREE's smoke budget is Free.smoke_settings
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_smoke_profile_runs_every_method_at_its_smoke_settings(quickstart, name):
+    """quickstart's smoke profile names no PURER or BiDf-MKD settings, yet runs them small."""
+    method_class = METHODS.get(name).load()
+    (cell,) = expand_cells(resolve(quickstart, "smoke", []), [name])
+    fixed = METHODS.get(name).settings
+    for key, value in method_class.smoke_settings.items():
+        assert cell.method.settings[key] == fixed.get(key, value)
+    (paper_cell, *_) = expand_cells(resolve(quickstart, "paper", []), [name])
+    for key in method_class.smoke_settings:  # other profiles keep the paper settings
+        assert paper_cell.method.settings[key] == fixed.get(key, method_class.defaults[key])
+
+
+def test_smoke_settings_yield_to_the_suite_and_to_set(quickstart):
+    config = resolve(quickstart, "smoke", [parse_assignment("method_settings.purer.iterations=9")])
+    (cell,) = expand_cells(config, ["purer"])
+    assert cell.method.settings["iterations"] == 9
+    assert cell.method.settings["candidate_teachers"] == METHODS.get("purer").load().smoke_settings["candidate_teachers"]
 
 
 def test_unknown_profile(quickstart):
@@ -510,5 +530,5 @@ def test_budget_fraction_changes_the_hash_and_rounds_up_to_one():
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "half", "true"])
 def test_budget_fraction_must_be_a_fraction(value):
-    with pytest.raises(UserError, match=r"budget_fraction must be a number in \(0, 1\]"):
+    with pytest.raises(UserError, match=r"budget_fraction must be null or a number in \(0, 1\]"):
         inversion_cells("cpu", [f"budget_fraction={value}"])
