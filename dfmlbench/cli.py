@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from dfmlbench.errors import UserError
+from dfmlbench.errors import UserError, note
 
 EXIT_USAGE = 2
 
@@ -26,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a suite's cells (method x dataset x shot x seed)")
     run.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
-    run.add_argument("--method", action="append", metavar="NAME",
-                     help="run only this method (repeatable); default: the suite's methods")
+    run.add_argument("--method", action="extend", nargs="+", metavar="NAME",
+                     help="run only these methods (--method a b, or --method a --method b); "
+                          "default: the suite's methods")
     run.add_argument("--profile", help="paper, cpu or smoke (default: the suite's default_profile)")
     run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. --set protocol.test_episodes=100 (repeatable)")
@@ -85,10 +85,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cells = expand_cells(config, args.method)
     analyses = [] if args.method else expand_analysis_cells(config)
     print(f"suite {suite.name} (profile {config['profile']}): {len(cells) + len(analyses)} cell(s) -> {args.out}")
+    # Method cells first: their pre-flight checks every input before anything runs.
+    outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
     for cell in analyses:
         status, _ = run_analysis_cell(cell, Path(args.out), args.force)
         print(f"{cell.label}: {status}")
-    outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
     if outcomes:
         print(summary_table(outcomes))
     ran = sum(o.status == "ran" for o in outcomes)
@@ -120,25 +121,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from dfmlbench.records import load_per_episode, method_label
+    from dfmlbench.records import finished_record, load_per_episode, method_label, parse_record
     from dfmlbench.stats import paired_test
 
     records, per_episode = [], []
     for path in args.records:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read record {path}: {exc}") from None
-        if not isinstance(record, dict) or record.get("status") != "ok" or "test_episodes" not in record:
-            raise UserError(f"{path} is not a finished dfmlbench record; pass the .json of a cell that ran")
-        try:
-            per_episode.append(load_per_episode(path))
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot read the per-episode accuracies of {path} ({exc}); "
-                            "keep the .episodes.npy beside its .json") from None
+        if not path.is_file():
+            raise UserError(f"cannot read record {path}: no such file; pass the .json of a cell that ran")
+        record, problem = parse_record(path)
+        if record is not None:
+            record, problem = finished_record(path.with_suffix(""), record.get("config_hash"))
+        if record is None:
+            raise UserError(f"{path} is not a finished dfmlbench record ({problem}); pass the .json of a "
+                            "cell that ran, with its .episodes.npy beside it")
         records.append(record)
+        per_episode.append(load_per_episode(path))
     a, b = records
-    if a["test_episodes"]["sha"] != b["test_episodes"]["sha"]:
+    if a["test_episodes"]["sha"] != b["test_episodes"]["sha"] or len(per_episode[0]) != len(per_episode[1]):
         raise UserError("the two records were tested on different episodes; a paired test needs the same ones")
     test = paired_test(*per_episode)
     print(f"{method_label(a)}: {a['accuracy']['mean']:.2f} ± {a['accuracy']['ci95']:.2f}   "
@@ -150,12 +149,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dfmlbench.config import load_suite, parse_assignment, resolve
+    from dfmlbench.paths import check_writable_folder
     from dfmlbench.reporting.report import make_report
     from dfmlbench.reporting.tables import to_markdown
 
     suite = load_suite(args.suite)
     config = resolve(suite, args.profile, [parse_assignment(a) for a in args.assignments])
     out = Path(args.out or f"reports/{suite.name}-{config['profile']}")
+    check_writable_folder(out, "report --out")
     run_argv = ["run", "--suite", args.suite, "--profile", config["profile"],
                 *[f"--set={a}" for a in args.assignments], "--out", args.runs]
     report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv),
@@ -164,6 +165,9 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(to_markdown(report.table), end="")
     for path, _ in report.figures:
         print(f"figure: {path}")
+    if len(report.devices) > 1:
+        note(f"the records come from {len(report.devices)} devices or thread counts ({'; '.join(report.devices)}); "
+             "results differ in the last digits between them")
     if report.missing:
         print(f"{len(report.missing)} cell(s) have no finished record, e.g. {report.missing[0]}; "
               f"the table shows them as –", file=sys.stderr)

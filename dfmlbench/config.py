@@ -240,8 +240,11 @@ def _coerce_settings(config: dict[str, Any]) -> None:
         swept = copy.deepcopy(config)
         for key, value in point.items():
             assign(swept, key, value)
+        pool = swept["pool"]
+        trains_pool = bool(swept["methods"] or swept["analyses"]) and pool["path"] is None
         for name in swept["datasets"]:
-            check_fit(declared_facts(name), swept)
+            check_fit(declared_facts(name), swept["protocol"]["way"], max(swept["shots"]),
+                      swept["protocol"]["query"], pool["way"] if trains_pool else None)
 
 
 def config_hash(cell_config: dict[str, Any]) -> str:

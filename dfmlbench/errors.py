@@ -6,3 +6,13 @@ class UserError(Exception):
 
     The message is a single line saying what is wrong and how to fix it.
     """
+
+
+def note(message: str) -> None:
+    """One line on stderr about something the user should know but that stops nothing (a
+    damaged cache entry being rebuilt, records made with another thread count)."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(f"dfmlbench: note: {message}", file=sys.stderr)  # keeps progress bars intact

@@ -35,6 +35,7 @@ class RunContext:
     artifacts_dir: Path
     validator: Callable[[Learner], float] | None = None
     progress_factory: Callable[..., Any] | None = None
+    resume: bool = True  # False under --force: a method's checkpoints are not resumed from
     recovery_clock: Stopwatch = field(init=False)
     validation_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -58,7 +59,8 @@ class RunContext:
 
     @contextmanager
     def recovery(self) -> Iterator[None]:
-        """Time data recovery (model inversion) only: the paper's Time column."""
+        """Time data recovery (model inversion) only: the paper's Time column. A method that
+        enters it recovers data: its record gets a recovery time (None otherwise)."""
         with self.recovery_clock.measure():
             yield
 
@@ -94,7 +96,6 @@ class Method:
 
     name: ClassVar[str] = ""
     uses_teachers: ClassVar[bool] = True
-    recovers_data: ClassVar[bool] = False  # True: the record's recovery time is meaningful
     defaults: ClassVar[dict[str, Any]] = {}
     # The settings that set its training length at paper scale (e.g. {"epochs": 980}), scaled
     # together by a suite's `budget_fraction`.

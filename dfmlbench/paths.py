@@ -31,6 +31,28 @@ def data_root_candidates(explicit: str | os.PathLike | None) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """Before any work: `path` is a folder, or can be made one, that this process can write
+    into. Probed by creating (and removing) a file in the nearest existing folder, since
+    permission bits say nothing under root or on a read-only mount."""
+    from dfmlbench.errors import UserError
+
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UserError(f"{what} {path} {where}, not a folder; choose another location")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".dfmlbench-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{what} {path} is not writable ({exc.strerror} in {existing}); "
+                        "choose another location or fix its permissions") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

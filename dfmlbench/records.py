@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zipfile
 import socket
 import subprocess
 from pathlib import Path
@@ -62,30 +63,99 @@ def record_stem(out_dir: Path, suite: str, profile: str, method: str, dataset: s
     return Path(out_dir) / suite / profile / method / f"{dataset}-{way}w{shot}s-seed{seed}-{config_hash}"
 
 
-def read_record(stem: Path) -> dict[str, Any] | None:
-    path = stem.with_suffix(".json")
-    if not path.is_file():
-        return None
+def parse_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None), or (None, why the file is not a record): not UTF-8, not JSON, not an
+    object. A missing file is (None, None)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a foreign or damaged file: the cell is simply run again
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at line {exc.lineno})"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    return record, None
 
 
-def is_done(stem: Path, config_hash: str) -> bool:
-    record = read_record(stem)
-    return bool(record and record.get("status") == "ok" and record.get("config_hash") == config_hash
-                and stem.with_suffix(".episodes.npy").is_file())
+def read_record(stem: Path) -> dict[str, Any] | None:
+    return parse_record(stem.with_suffix(".json"))[0]
+
+
+COMPANIONS = {"per_episode_file": ".episodes.npy", "arrays_file": ".arrays.npz"}
+
+
+def finished_record(stem: Path, config_hash: str,
+                    companion: str = "per_episode_file") -> tuple[dict[str, Any] | None, str | None]:
+    """The finished record of a cell: (record, None); else (None, why the files there do not
+    count, or None when there is nothing). Finished means: an "ok" JSON object of this config
+    hash whose companion file (per-episode accuracies, analysis arrays) is beside it and reads
+    back whole. Every reader of records (run, report, analyses) decides it here."""
+    record, problem = parse_record(stem.with_suffix(".json"))
+    if record is None:
+        return None, problem
+    if record.get("status") != "ok":
+        return None, f"status {record.get('status')!r}, not 'ok'"
+    if record.get("config_hash") != config_hash:
+        return None, f"config hash {record.get('config_hash')!r}, expected {config_hash!r}"
+    if companion == "per_episode_file":
+        problem = _result_fields_problem(record)
+        if problem is not None:
+            return None, problem
+    file = record.get(companion)
+    if not isinstance(file, str):
+        return None, f"no '{companion}' field"
+    path = stem.parent / file
+    try:
+        if companion == "per_episode_file":
+            count = len(np.load(path, allow_pickle=False))
+            expected = (record.get("accuracy") or {}).get("n")
+            if count != expected:
+                return None, f"{path.name} holds {count} episodes, the record says {expected}"
+        else:
+            with np.load(path, allow_pickle=False) as arrays:
+                for name in arrays.files:
+                    arrays[name]
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        return None, f"{path.name} cannot be read ({type(exc).__name__})"
+    return record, None
+
+
+def _result_fields_problem(record: dict[str, Any]) -> str | None:
+    """What a method cell's record lacks for tables and paired tests (hand-edited records)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    accuracy, episodes = record.get("accuracy"), record.get("test_episodes")
+    if not isinstance(accuracy, dict) or not all(number(accuracy.get(k)) for k in ("mean", "ci95", "n")):
+        return "'accuracy' lacks a numeric mean, ci95 or n"
+    if not isinstance(episodes, dict) or not isinstance(episodes.get("sha"), str):
+        return "'test_episodes' lacks its 'sha'"
+    if episodes.get("count") != accuracy["n"]:
+        return f"'test_episodes.count' {episodes.get('count')!r} differs from accuracy n {accuracy['n']!r}"
+    return None
+
+
+def failed_path(stem: Path) -> Path:
+    """Where a crashed cell's record goes: beside, never over, a finished record."""
+    return stem.with_suffix(".failed.json")
 
 
 def write_record(stem: Path, record: dict[str, Any], per_episode: np.ndarray | None) -> Path:
-    """Per-episode file first, JSON last: a JSON record always has its episodes beside it."""
+    """Per-episode file first, JSON last: a JSON record always has its episodes beside it.
+    A failed record goes to `failed_path`; a finished one removes an earlier failure's."""
     if per_episode is not None:
         save_npy_atomic(stem.with_suffix(".episodes.npy"), per_episode.astype(np.float64))
         record["per_episode_file"] = stem.with_suffix(".episodes.npy").name
     record["schema_version"] = SCHEMA_VERSION
-    path = stem.with_suffix(".json")
+    path = failed_path(stem) if record.get("status") == "failed" else stem.with_suffix(".json")
     write_json_atomic(path, record)
+    if record.get("status") == "ok":
+        failed_path(stem).unlink(missing_ok=True)
     return path
 
 

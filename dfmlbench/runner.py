@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dfmlbench.config import assign, config_hash, sweep_points
 from dfmlbench.data import load_dataset
 from dfmlbench.episodes import make_episodes
-from dfmlbench.errors import UserError
+from dfmlbench.errors import UserError, note
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
@@ -25,9 +25,11 @@ from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.methods import METHODS, create_method, free_settings
 from dfmlbench.registry import did_you_mean
-from dfmlbench.pool import PoolSpec, obtain_pool
+from dfmlbench.data.facts import check_fit, measured_facts
+from dfmlbench.paths import cache_dir, check_writable_folder
+from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
-from dfmlbench.records import environment, is_done, method_label, read_record, record_stem, write_record
+from dfmlbench.records import device_name, environment, finished_record, method_label, record_stem, write_record
 from dfmlbench.stats import summarize
 
 
@@ -158,9 +160,10 @@ def _episodes(dataset: ImageDataset | MultiDomainDataset, split: str, protocol: 
 class CellRunner:
     """Runs one cell: data, pool, fit (timed), meta-test on the shared episodes, record."""
 
-    def __init__(self, out_dir: Path, show_progress: bool | None = None) -> None:
+    def __init__(self, out_dir: Path, show_progress: bool | None = None, resume: bool = True) -> None:
         self.out_dir = Path(out_dir)
         self.show_progress = show_progress
+        self.resume = resume  # False (--force): checkpoints of earlier attempts are not resumed from
 
     def _bar(self, **kwargs: Any) -> tqdm:
         return tqdm(leave=False, disable=None if self.show_progress is None else not self.show_progress,
@@ -195,7 +198,7 @@ class CellRunner:
         artifacts = stem.with_suffix(".artifacts")
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
                          dataset.image_size, dataset.channels, protocol["way"], cell.shot,
-                         artifacts, validator, lambda **kw: self._bar(**kw))
+                         artifacts, validator, lambda **kw: self._bar(**kw), resume=self.resume)
         torch.manual_seed(derive_seed(cell.seed, "global"))
         t0 = time.perf_counter()
         learner = cell.method.fit(pool, ctx)
@@ -237,7 +240,8 @@ class CellRunner:
             "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),
                               "episode_seed": protocol["episode_seed"]},
             "timings": {
-                "recovery_seconds": recovery if cell.method.recovers_data else None,
+                # A method recovers data exactly when it timed some under ctx.recovery().
+                "recovery_seconds": recovery if ctx.recovery_clock.intervals else None,
                 "meta_train_seconds": fit_seconds - recovery - validation,
                 "validation_seconds": validation, "eval_seconds": eval_seconds,
                 "pool_seconds": pool_seconds,
@@ -259,36 +263,98 @@ def cell_stem(out_dir: Path, cell: Cell) -> Path:
                        cell.dataset, cell.config["protocol"]["way"], cell.shot, cell.seed, cell.hash)
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What a cell's record must have been made on to count as done: its data and its pool."""
+
+    dataset_fingerprint: str
+    pool_key: str | None  # None: the method uses no teachers
+
+
+def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
+    """Everything that can be checked before any cell runs, in seconds: the records folder and
+    the cache are writable folders, the devices exist, every dataset loads and holds the
+    classes and images its episodes and teachers need, brought-in or cached pools are sound.
+    Returns what each cell's record must have been made on."""
+    check_writable_folder(out_dir, "--out")
+    check_writable_folder(cache_dir(), "the cache folder (DFMLBENCH_CACHE)")
+    for device in dict.fromkeys(c.config["runtime"]["device"] for c in cells):
+        resolve_device(device)
+    expected: dict[Path, Expected] = {}
+    checked: set[tuple[str, str]] = set()
+    for cell in cells:
+        runtime = cell.config["runtime"]
+        dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
+        protocol, key = cell.config["protocol"], None
+        spec = PoolSpec.from_config(cell.config["pool"]) if cell.method.uses_teachers else None
+        check_fit(measured_facts(dataset), protocol["way"], cell.shot, protocol["query"],
+                  spec.way if spec and not spec.path else None)
+        if spec is not None:
+            if (cell.dataset, repr(spec)) not in checked:
+                check_pool_source(dataset, spec)
+                checked.add((cell.dataset, repr(spec)))
+            key = planned_pool_key(dataset, spec)
+        expected[cell_stem(out_dir, cell)] = Expected(dataset.fingerprint(), key)
+    return expected
+
+
+def _done(stem: Path, cell: Cell, expected: Expected) -> dict[str, Any] | None:
+    """The cell's finished record, if it was made on the same data and pool; a damaged one is
+    noted and run again; one made on other data stops the run (it would be mixed in)."""
+    record, problem = finished_record(stem, cell.hash)
+    if record is None:
+        if problem is not None:
+            note(f"{stem.with_suffix('.json')}: {problem}; the cell runs again")
+        return None
+    made_on = Expected(record.get("dataset_fingerprint"), (record.get("pool") or {}).get("key"))
+    if made_on != expected:
+        what = "data" if made_on.dataset_fingerprint != expected.dataset_fingerprint else "teacher pool"
+        raise UserError(f"{stem.with_suffix('.json')} was made on other {what} than this run's "
+                        f"({made_on} vs {expected}); use another --out, or --force to replace it")
+    return record
+
+
+def _note_mixed_environments(records: list[dict[str, Any]], device: torch.device, out_dir: Path) -> None:
+    """Results differ in the last digits between devices and thread counts: say so when a
+    resumed run would put records of another one beside this run's."""
+    here = device_name(device)
+    others = sorted({(r.get("environment") or {}).get("device_name", "unknown") for r in records} - {here})
+    if others:
+        note(f"{len(records)} recorded cell(s) under {out_dir} include some made on {', '.join(others)}; "
+             f"this run uses {here}; results can differ in the last digits between them "
+             "(use --force to rerun, or another --out)")
+
+
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
               show_progress: bool | None = None) -> list[Outcome]:
-    runner = CellRunner(out_dir, show_progress)
+    runner = CellRunner(out_dir, show_progress, resume=not force)
     unique = {cell_stem(out_dir, cell): cell for cell in reversed(cells)}  # first of identical cells
     cells = [cell for cell in cells if unique.get(cell_stem(out_dir, cell)) is cell]
     stems = [cell_stem(out_dir, cell) for cell in cells]
-    done = [not force and is_done(stem, c.hash) for c, stem in zip(cells, stems)]
-    pending = [c for c, finished in zip(cells, done) if not finished]
-    for name in dict.fromkeys(c.dataset for c in pending):  # a missing dataset stops before any cell runs
-        runtime = next(c.config["runtime"] for c in pending if c.dataset == name)
-        load_dataset(name, runtime["data_root"], bool(runtime.get("download")))
+    expected = preflight(cells, out_dir)
+    recorded = [None if force else _done(stem, cell, expected[stem]) for cell, stem in zip(cells, stems)]
+    if cells:
+        _note_mixed_environments([r for r in recorded if r], resolve_device(cells[0].config["runtime"]["device"]),
+                                 out_dir)
     outcomes = []
     bar = tqdm(cells, desc="cells", disable=None if show_progress is None else not show_progress)
-    for cell, stem, finished in zip(bar, stems, done):
+    for cell, stem, record in zip(bar, stems, recorded):
         bar.set_postfix_str(cell.label)
-        if finished:
-            outcomes.append(Outcome(cell, "recorded", read_record(stem), stem.with_suffix(".json")))
+        if record is not None:
+            outcomes.append(Outcome(cell, "recorded", record, stem.with_suffix(".json")))
             continue
         try:
             record = runner.run(cell, stem)
             outcomes.append(Outcome(cell, "ran", record, stem.with_suffix(".json")))
         except UserError:
             raise
-        except Exception as exc:  # a crashed cell is recorded and the others still run
+        except Exception as exc:  # a crashed cell is recorded (beside any finished record) and the others run
             failed = {"status": "failed", "config_hash": cell.hash, "method": cell.method.name,
                       "dataset": cell.dataset, "shot": cell.shot, "seed": cell.seed,
                       "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                      "config": cell.config}
-            write_record(stem, failed, None)
-            outcomes.append(Outcome(cell, "failed", failed, stem.with_suffix(".json")))
+                      "config": cell.config, "environment": environment(resolve_device(cell.config["runtime"]["device"]))}
+            path = write_record(stem, failed, None)
+            outcomes.append(Outcome(cell, "failed", failed, path))
             tqdm.write(f"cell failed: {cell.label}: {type(exc).__name__}: {exc}")
     return outcomes
 

@@ -34,7 +34,6 @@ CHOICES = {"event_rule": ("periodic", "plateau"), "aug_granularity": ("batch", "
 
 class BiDfMKD(Method):
     name = "bidf-mkd"
-    recovers_data = True
     paper_budget = {"meta_iterations": 60000, "adv_start": 4000}
     choices = CHOICES
     rules = {"adv_start": integer(0)}

@@ -31,6 +31,7 @@ from dfmlbench.method import Method, RunContext
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.errors import note
 from dfmlbench.schema import integer, optional
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
@@ -51,7 +52,6 @@ CHOICES = {
 
 class Free(Method):
     name = "free"
-    recovers_data = True
     paper_budget = {"epochs": 980, "warmup_epochs": 19}
     choices = CHOICES
     rules = {"warmup_epochs": integer(0), "checkpoint_interval": integer(0),
@@ -105,7 +105,16 @@ class Free(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
-        return FreeTraining(self.settings, pool, ctx).run()
+        training = FreeTraining(self.settings, pool, ctx)
+        try:
+            first = training.resume()
+        except DamagedCheckpoint:  # its state may be half restored: start afresh
+            training, first = FreeTraining(self.settings, pool, ctx), 1
+        return training.run(first)
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read or restored (reported and removed by `resume`)."""
 
 
 class FreeTraining:
@@ -153,10 +162,11 @@ class FreeTraining:
 
     # -- one epoch --------------------------------------------------------------------------
 
-    def run(self) -> Learner:
+    def run(self, first: int | None = None) -> Learner:
+        """Epochs `first`.. to the end; by default from where a checkpoint left off (`resume`)."""
         s, ctx = self.s, self.ctx
         total = s["warmup_epochs"] + s["epochs"]
-        first = self.resume()
+        first = self.resume() if first is None else first
         with ctx.progress(total, "free epochs") as bar:
             bar.update(first - 1)
             for epoch in range(first, total + 1):
@@ -205,19 +215,32 @@ class FreeTraining:
         write_bytes_atomic(self.checkpoint_path, buffer.getvalue())
 
     def resume(self) -> int:
-        """The first epoch to run: 1, or the one after a checkpoint's (whose state is restored)."""
-        if not self.checkpoint_path.is_file():
+        """The first epoch to run: 1, or the one after a checkpoint's (whose state is restored).
+        Under `--force` (ctx.resume false) a checkpoint is removed, not used; one that cannot be
+        read or restored is reported in one line, removed, and raises DamagedCheckpoint."""
+        path = self.checkpoint_path
+        if not path.is_file() or not self.ctx.resume:
+            path.unlink(missing_ok=True)
             return 1
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.bell_optimizer is not self.optimizer:
-            self.bell_optimizer.load_state_dict(state["bell_optimizer"])
-        self.generator.load_state_dict(state["generator"])
-        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
-        self.bank.load_state_dict(state["bank"])
-        self.torch_rng.set_state(state["torch_rng"])
-        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.bell_optimizer is not self.optimizer:
+                self.bell_optimizer.load_state_dict(state["bell_optimizer"])
+            self.generator.load_state_dict(state["generator"])
+            self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+            self.bank.load_state_dict(state["bank"])
+            self.torch_rng.set_state(state["torch_rng"])
+            self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+            for key in ("curves", "recovery", "validation", "epoch", "best_val", "best_state"):
+                state[key]  # noqa: B018 -- all present before the context is touched
+        except Exception as exc:  # torch.load and load_state_dict raise many types on a damaged file
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            note(f"checkpoint {path} cannot be restored ({type(exc).__name__}: {reason[:160]}); "
+                 "removed, the cell starts again from epoch 1")
+            path.unlink(missing_ok=True)
+            raise DamagedCheckpoint from None
         ctx = self.ctx
         ctx.curves.update({k: [tuple(p) for p in v] for k, v in state["curves"].items()})
         ctx.recovery_clock.seconds, ctx.recovery_clock.intervals = state["recovery"]

@@ -73,7 +73,6 @@ class PseudoDataset(nn.Module):
 
 class Purer(Method):
     name = "purer"
-    recovers_data = True
     paper_budget = {"iterations": 15000, "adv_start": 4000}
     choices = CHOICES
     rules = {"jitter": integer(0), "adv_start": integer(0)}

@@ -243,7 +243,7 @@ def test_compare_damaged_or_unfinished_record(tmp_path, smoke_run):
     good = the_record(smoke_run[0], "random")
     damaged = tmp_path / "damaged.json"
     damaged.write_text("{not json")
-    assert_one_line_error(call("compare", good, damaged), "cannot read record", str(damaged))
+    assert_one_line_error(call("compare", good, damaged), str(damaged), "not valid JSON")
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps({"status": "failed", "error": "boom"}))
     assert_one_line_error(call("compare", failed, good), "is not a finished dfmlbench record")

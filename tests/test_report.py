@@ -16,7 +16,7 @@ from dfmlbench.cli import main
 from dfmlbench.config import load_suite, parse_assignment, resolve
 from dfmlbench.records import write_record
 from dfmlbench.runner import cell_stem, expand_cells, run_cells
-from dfmlbench.stats import paired_test
+from dfmlbench.stats import paired_test, summarize
 
 SUITE = textwrap.dedent("""
     suite: mini-table
@@ -64,7 +64,7 @@ def fake_records(suite_path: Path, runs: Path, profile: str = "smoke", assignmen
         record = {"status": "ok", "config_hash": cell.hash, "suite": config["suite"]["name"],
                   "profile": profile, "method": cell.method.name, "dataset": cell.dataset,
                   "shot": cell.shot, "seed": cell.seed, "sweep": cell.sweep,
-                  "accuracy": {"mean": float(acc.mean())}, "test_episodes": {"sha": "same-episodes"},
+                  "accuracy": summarize(acc).as_dict(), "test_episodes": {"sha": "same-episodes", "count": acc.size},
                   "timings": {"recovery_seconds": recovery},
                   "curves": {"grad_inner_product": [[e, float(e * (1 + cell.seed))] for e in range(5)]}
                   if cell.method.name == "free" else {},

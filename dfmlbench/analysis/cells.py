@@ -13,10 +13,10 @@ import numpy as np
 
 from dfmlbench.config import config_hash
 from dfmlbench.data import load_dataset
-from dfmlbench.errors import UserError
+from dfmlbench.errors import UserError, note
 from dfmlbench.paths import save_npz_atomic
 from dfmlbench.pool import PoolSpec, obtain_pool
-from dfmlbench.records import environment, read_record, write_record
+from dfmlbench.records import environment, finished_record, write_record
 from dfmlbench.registry import Registry
 
 ANALYSES: Registry[Any] = Registry("analysis")
@@ -68,10 +68,11 @@ def run_analysis_cell(cell: AnalysisCell, out_dir: Path, force: bool = False) ->
     from dfmlbench.runner import resolve_device
 
     stem = analysis_stem(out_dir, cell)
-    recorded = read_record(stem)
-    if (not force and recorded and recorded.get("status") == "ok" and recorded.get("config_hash") == cell.hash
-            and stem.with_suffix(".arrays.npz").is_file()):
+    recorded, problem = finished_record(stem, cell.hash, "arrays_file")
+    if recorded is not None and not force:
         return "recorded", recorded
+    if problem is not None and not force:
+        note(f"{stem.with_suffix('.json')}: {problem}; the analysis runs again")
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     wall = time.perf_counter()
     runtime = cell.config["runtime"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from dfmlbench.data.base import ImageDataset
-from dfmlbench.data.image_files import one_line
+from dfmlbench.data.npz import one_line
 from dfmlbench.data.sources import (Survey, cached_arrays, class_split, image_dataset,
-                                    source_key)
+                                    labelled_images, source_key)
 from dfmlbench.errors import UserError
 from dfmlbench.paths import cache_dir, data_root_candidates
 
@@ -86,7 +86,7 @@ def _diagnose(folder: Path) -> str:
         if not cifar.check_integrity(str(path), md5):
             return (f"{path} is damaged or not the published CIFAR-100 file (md5 mismatch); "
                     f"delete {folder} and download it again")
-    return f"torchvision cannot read {folder}"
+    return f"torchvision cannot read {folder}; delete it and download CIFAR-100 again"
 
 
 def _read(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -101,8 +101,9 @@ def _read(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             part = CIFAR100(str(root), train=train, download=False)
         except RuntimeError:  # torchvision's integrity check failed
             raise UserError(f"{NAME}: {_diagnose(folder)}") from None
+        # Only reachable when the md5 table is not the published one (the damage passed the check).
         except (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError, TypeError,
-                AttributeError) as exc:  # only reachable when the md5 table is not the published one
+                AttributeError, ImportError, OverflowError) as exc:
             raise UserError(f"{NAME}: cannot read {folder / ('train' if train else 'test')} or "
                             f"{folder / 'meta'} as CIFAR-100 python files ({one_line(exc)}); "
                             f"download CIFAR-100 again") from None
@@ -194,7 +195,8 @@ def load_cifar_fs(data_root: str | None = None, download: bool | None = None) ->
         return {"images": np.ascontiguousarray(images[order].transpose(0, 3, 1, 2)),
                 "labels": ids[order]}
 
-    arrays, path, _ = cached_arrays(NAME, IMAGE_SIZE, LOADER_VERSION, folder, key, build)
+    arrays, path, _ = cached_arrays(NAME, IMAGE_SIZE, LOADER_VERSION, folder, key, build,
+                                    labelled_images(IMAGE_SIZE, len(split.class_names)))
     return image_dataset(NAME, arrays, split, MEAN, STD,
                          notes=f"{folder} via torchvision CIFAR100 (train then test images of each "
                                f"fine class), 32 px; cache {path}")

@@ -43,21 +43,20 @@ def measured_facts(dataset: Any) -> list[SplitFacts]:
     return [SplitFacts.measured(d.source) for d in domains] if domains else [SplitFacts.measured(dataset)]
 
 
-def check_fit(facts: list[SplitFacts], config: dict[str, Any]) -> None:
-    """Episodes (way classes of val/test, shot + query images of each) and teachers (pool.way
-    classes of meta-train) fit the data; one line naming the setting otherwise."""
-    protocol, way = config["protocol"], config["protocol"]["way"]
-    need = max(config["shots"]) + protocol["query"]
-    uses_pool = bool(config["methods"] or config["analyses"])
+def check_fit(facts: list[SplitFacts], way: int, shot: int, query: int, pool_way: int | None) -> None:
+    """Episodes (`way` classes of val and test, shot + query images of each) and teachers
+    (`pool_way` classes of meta-train; None: no pool is trained) fit the data; one line
+    naming the setting otherwise."""
+    need = shot + query
     for fact in facts:
         for split in ("val", "test"):
             if way > fact.classes[split]:
                 raise UserError(f"protocol.way={way} is not allowed on {fact.name}: its {split} split has "
                                 f"{fact.classes[split]} classes; protocol.way must be at most {fact.classes[split]}")
             if need > fact.images[split]:
-                raise UserError(f"shot {max(config['shots'])} + protocol.query={protocol['query']} needs {need} "
-                                f"images per class, but {fact.name}'s {split} classes have as few as "
-                                f"{fact.images[split]}; lower protocol.query or the shots")
-        if uses_pool and config["pool"]["path"] is None and config["pool"]["way"] > fact.classes["train"]:
-            raise UserError(f"pool.way={config['pool']['way']} is not allowed on {fact.name}: its train split has "
+                raise UserError(f"shot {shot} + protocol.query={query} needs {need} images per class, but "
+                                f"{fact.name}'s {split} classes have as few as {fact.images[split]}; "
+                                "lower protocol.query or the shots")
+        if pool_way is not None and pool_way > fact.classes["train"]:
+            raise UserError(f"pool.way={pool_way} is not allowed on {fact.name}: its train split has "
                             f"{fact.classes['train']} classes; pool.way must be at most {fact.classes['train']}")

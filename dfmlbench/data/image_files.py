@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dfmlbench.data.npz import one_line
 from dfmlbench.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -28,16 +29,15 @@ def list_images(folder: Path) -> list[Path]:
         return sorted(Path(e.path) for e in entries if e.is_file() and is_image_name(e.name))
 
 
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image as uint8 (3, size, size): RGB, then PIL bilinear resize, which is what the
     official `transforms.Resize((s, s))` does to a PIL image, so pixels match its pipeline."""
     try:
         with Image.open(path) as image:
             rgb = image.convert("RGB")  # forces the full decode: truncated files fail here
+    except UnidentifiedImageError:  # its message repeats the path
+        raise UserError(f"cannot decode image {path}: not an image file PIL can read (empty, or not "
+                        f"JPEG/PNG data); replace the file (re-extract the dataset)") from None
     except (OSError, EOFError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot decode image {path}: {one_line(exc)}; replace the file "
                         f"(re-extract the dataset)") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dfmlbench.data.base import SPLITS, ImageDataset
 from dfmlbench.data.image_files import list_images
+from dfmlbench.data.npz import one_line
 from dfmlbench.data.sources import ClassSplit, Survey, class_split, load_image_files, survey_class_files
 from dfmlbench.errors import UserError
 from dfmlbench.paths import data_root_candidates
@@ -84,7 +85,8 @@ def _read_csv(path: Path, errors: list[str]) -> list[tuple[str, str]]:
                 return []
             rows = [(row[0].strip(), row[1].strip()) for row in reader if len(row) >= 2]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        errors.append(f"cannot read {path}: {exc}")
+        errors.append(f"cannot read {path}: {one_line(exc)}; re-copy it from the miniImageNet "
+                      f"download (UTF-8 text, a 'filename,label' header, one image a row)")
         return []
     return rows
 

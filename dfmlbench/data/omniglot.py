@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dfmlbench.data.base import ImageDataset, channel_stats, images_of_classes
+from dfmlbench.data.npz import Array, read_source
 from dfmlbench.errors import UserError
 from dfmlbench.paths import data_root_candidates
 
@@ -26,6 +27,11 @@ SPLIT_ALPHABETS = {
     "val": ("Greek", "Tagalog"),
     "test": ("Balinese", "Early_Aramaic"),
 }
+# The arrays read (shared/data/README.md); ink is 0 on 255 paper, any image size.
+SOURCE_ARRAYS = {"images": Array("uint8", ("images", None, None, 1)),
+                 "labels": Array("integer", ("images",), below="classes"),
+                 "class_names": Array("string", ("classes",)),
+                 "alphabets": Array("string", ("classes",))}
 
 
 def find_file(data_root: str | None) -> Path:
@@ -42,21 +48,23 @@ def find_file(data_root: str | None) -> Path:
 
 def load_omniglot(data_root: str | None = None) -> ImageDataset:
     path = find_file(data_root)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            raw, labels = npz["images"], npz["labels"]
-            class_names = [str(n) for n in npz["class_names"]]
-            alphabets = [str(a) for a in npz["alphabets"]]
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}; re-copy the file from the dataset source") from None
-    if raw.ndim != 4 or raw.shape[-1] != 1:
-        raise UserError(f"{path}: expected images of shape (N, H, W, 1), got {raw.shape}")
+    arrays = read_source(path, SOURCE_ARRAYS, fix=(
+        f"re-copy {FILE_NAME} (shared/data/README.md says what it holds), then check it with "
+        f"`python -m dfmlbench data verify omniglot`"))
+    raw, labels = arrays["images"], arrays["labels"]
+    class_names = [str(n) for n in arrays["class_names"]]
+    alphabets = [str(a) for a in arrays["alphabets"]]
+    splits = {split: [c for c, a in enumerate(alphabets) if a in names]
+              for split, names in SPLIT_ALPHABETS.items()}
+    empty = [split for split, ids in splits.items() if not ids]
+    if empty:
+        raise UserError(f"{path} holds no class of the {empty[0]} alphabets "
+                        f"({', '.join(SPLIT_ALPHABETS[empty[0]])}), so it is not Lake's "
+                        f"background-small subset; re-copy {FILE_NAME}")
     ink = torch.from_numpy(255 - raw).permute(0, 3, 1, 2).float()
     resized = F.interpolate(ink, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
                             align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
     images = resized.expand(-1, 3, -1, -1).contiguous()
-    splits = {split: [c for c, a in enumerate(alphabets) if a in names]
-              for split, names in SPLIT_ALPHABETS.items()}
     labels_t = torch.from_numpy(labels.astype(np.int64))
     mean, std = channel_stats(images_of_classes(images, labels_t, splits["train"]))
     return ImageDataset("omniglot", images, labels_t, class_names, splits, mean, std,

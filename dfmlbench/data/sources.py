@@ -10,7 +10,6 @@ the sorted meta-train classes, then meta-val, then meta-test (so meta-train ids 
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from dfmlbench.data.base import SPLITS, ImageDataset
+from dfmlbench.data.npz import Array, read_cache
 from dfmlbench.errors import UserError
 from dfmlbench.paths import PACKAGE_DIR, cache_dir, save_npz_atomic
 
@@ -149,22 +149,28 @@ def source_key(parts: Iterable[object], files: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def labelled_images(image_size: int, num_classes: int) -> dict[str, Array]:
+    """What a real dataset's cache holds: uint8 images (N, 3, size, size) stored class after
+    class, and their class ids (N,)."""
+    return {"images": Array("uint8", ("images", 3, image_size, image_size)),
+            "labels": Array("int64", ("images",), below=num_classes)}
+
+
 def cached_arrays(dataset: str, image_size: int, version: int, location: Path, key: str,
-                  build: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], Path, bool]:
-    """Load `<cache>/datasets/<dataset>-v<version>-<size>px-<where>-<key>.npz`, or build and
-    write it atomically. A new build replaces older caches of the same source folder, so a
-    changed file does not leave a stale copy of the whole dataset behind. Returns
-    (arrays, cache path, whether it was a cache hit)."""
+                  build: Callable[[], dict[str, np.ndarray]], expect: dict[str, Array]
+                  ) -> tuple[dict[str, np.ndarray], Path, bool]:
+    """Load `<cache>/datasets/<dataset>-v<version>-<size>px-<where>-<key>.npz` (its arrays as
+    `expect` says), or build and write it atomically; a damaged cache file is said on stderr and
+    rebuilt. A new build replaces older caches of the same source folder, so a changed file does
+    not leave a stale copy of the whole dataset behind. Returns (arrays, cache path, whether it
+    was a cache hit)."""
     where = hashlib.sha256(str(location.resolve()).encode()).hexdigest()[:8]
     prefix = f"{dataset}-v{version}-{image_size}px-{where}-"
     folder = cache_dir() / "datasets"
     path = folder / f"{prefix}{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}, path, True
-        except (OSError, ValueError, zipfile.BadZipFile):
-            pass  # a damaged cache file is rebuilt
+    cached = read_cache(path, expect)
+    if cached is not None:
+        return cached, path, True
     arrays = build()
     save_npz_atomic(path, **arrays)
     for stale in folder.glob(f"{prefix}*.npz"):
@@ -201,5 +207,6 @@ def load_image_files(name: str, found: Survey, files: list[list[Path]], image_si
         return {"images": decode_images(paths, image_size, f"decoding {name}"),
                 "labels": grouped_labels(found.counts)}
 
-    arrays, path, _ = cached_arrays(name, image_size, version, found.location, key, build)
+    arrays, path, _ = cached_arrays(name, image_size, version, found.location, key, build,
+                                    labelled_images(image_size, len(found.split.class_names)))
     return image_dataset(name, arrays, found.split, IMAGENET_MEAN, IMAGENET_STD, notes=notes(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dfmlbench.data import DATASETS, load_dataset
 from dfmlbench.data.base import SPLITS
+from dfmlbench.data.npz import one_line
 from dfmlbench.data.sources import Survey
 from dfmlbench.errors import UserError
 from dfmlbench.registry import import_target
@@ -56,6 +57,10 @@ def verify_one(name: str, data_root: str | None, strict: bool) -> tuple[list[str
         message = str(exc)
         prefix = f"{name}: "
         return [f"{name}: FAILED: {message[len(prefix):] if message.startswith(prefix) else message}"], False
+    except OSError as exc:  # a file or folder the survey cannot read: a finding, not a crash
+        where = f" {exc.filename}" if exc.filename else ""
+        return [f"{name}: FAILED: cannot access{where}: {exc.strerror or one_line(exc)}; check its "
+                f"permissions, or re-copy it"], False
     ok = not survey.errors and not (strict and survey.warnings)
     status = "ok" if ok and not survey.warnings else ("ok, with warnings" if ok else "FAILED")
     return [f"{name}: {status}: {survey.location} ({survey.layout})", *_survey_lines(survey)], ok

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysis_cells
-from dfmlbench.records import load_per_episode, method_label, read_record
+from dfmlbench.errors import UserError, note
+from dfmlbench.records import finished_record, load_per_episode, method_label
 from dfmlbench.reporting.paper import display_name
 from dfmlbench.runner import Cell, cell_stem, expand_cells
 from dfmlbench.stats import Z95, summarize
@@ -40,13 +41,26 @@ class FoundAnalysis:
             return {k: data[k] for k in data.files}
 
 
-def _ok(path: Path, companion_key: str) -> dict[str, Any] | None:
-    """A finished record whose companion file (per-episode accuracies, arrays) is beside it."""
-    record = read_record(path.with_suffix(""))
-    if not record or record.get("status") != "ok":
-        return None
-    companion = record.get(companion_key)
-    return record if companion and (path.parent / companion).is_file() else None
+def _finished(path: Path, config_hash: str, companion: str) -> dict[str, Any] | None:
+    """A finished record, as `run` decides it; a damaged one is noted and shown as missing."""
+    record, problem = finished_record(path.with_suffix(""), config_hash, companion)
+    if problem is not None:
+        note(f"{path}: {problem}; the cell counts as missing (rerun it with `run`)")
+    return record
+
+
+def _same_data(found: list[Found]) -> None:
+    """Records of one dataset made on different copies of it must not share a table."""
+    first: dict[str, tuple[str, Path]] = {}
+    for item in found:
+        if item.record is None:
+            continue
+        fingerprint = item.record.get("dataset_fingerprint")
+        seen = first.setdefault(item.cell.dataset, (fingerprint, item.path))
+        if seen[0] != fingerprint:
+            raise UserError(f"records of {item.cell.dataset} were made on different data: {seen[1]} "
+                            f"(fingerprint {seen[0]}) and {item.path} ({fingerprint}); rerun one of them "
+                            "on the other's data, or report them from separate --runs folders")
 
 
 def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[FoundAnalysis]]:
@@ -57,12 +71,12 @@ def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[F
         key = (path, tuple(cell.sweep.items()))
         if key not in seen:
             seen.add(key)
-            found.append(Found(cell, path, _ok(path, "per_episode_file")))
+            found.append(Found(cell, path, _finished(path, cell.hash, "per_episode_file")))
+    _same_data(found)
     analyses = []
     for cell in expand_analysis_cells(config):
         path = analysis_stem(runs_dir, cell).with_suffix(".json")
-        record = _ok(path, "arrays_file")
-        analyses.append(FoundAnalysis(cell, path, record))
+        analyses.append(FoundAnalysis(cell, path, _finished(path, cell.hash, "arrays_file")))
     return found, analyses
 
 
