@@ -19,7 +19,7 @@ import yaml
 from dfmlbench.errors import UserError
 from dfmlbench.paths import PACKAGE_DIR
 from dfmlbench.registry import did_you_mean
-from dfmlbench.schema import GLOBAL_RULES, load_yaml, show
+from dfmlbench.schema import GLOBAL_RULES, choice, load_yaml
 
 SUITES_DIR = PACKAGE_DIR / "suites"
 
@@ -232,6 +232,11 @@ def _coerce_settings(config: dict[str, Any]) -> None:
     for registry, key in ((METHODS, "methods"), (DATASETS, "datasets"), (ANALYSES, "analyses")):
         for name in config[key]:
             registry.get(name)
+    from dfmlbench.models import ARCHITECTURES
+    from dfmlbench.pool import MIXED
+    for key, allowed in (("pool.arch", (*ARCHITECTURES, MIXED)), ("learner.arch", ARCHITECTURES)):
+        section, leaf = key.split(".")
+        choice(allowed).apply(key, config[section][leaf])
     for key, values in config["sweep"].items():
         rule = GLOBAL_RULES.get(key)
         if rule is not None:

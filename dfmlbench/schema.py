@@ -143,7 +143,7 @@ GLOBAL_RULES: dict[str, Rule] = {
     "protocol.lr": POSITIVE,
     "protocol.lr_grid": optional(items(POSITIVE)),
     "protocol.episode_seed": SEED,
-    "pool.arch": text(),  # checked against the architectures by PoolSpec
+    "pool.arch": text(),  # one of the architectures or `mix`: checked by config (needs the models)
     "pool.num_teachers": COUNT,
     "pool.way": integer(2),
     "pool.epochs": COUNT,
@@ -153,7 +153,7 @@ GLOBAL_RULES: dict[str, Rule] = {
     "pool.select": choice(("best", "final")),
     "pool.seed": SEED,
     "pool.path": optional(text()),
-    "learner.arch": text(),  # checked against the architectures by build_model
+    "learner.arch": text(),  # one of the architectures: checked by config (needs the models)
     "budget_fraction": optional(number(0, low_open=True, high=1)),
     "runtime.device": text(),
     "runtime.eval_chunk": COUNT,

@@ -20,12 +20,12 @@ import torch
 from dfmlbench import __version__
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import DomainTeacher, MultiDomainDataset
-from dfmlbench.errors import UserError
+from dfmlbench.errors import UserError, note
 from dfmlbench.models import ARCHITECTURES
-from dfmlbench.paths import cache_dir
 from dfmlbench.pool.pretrain import PretrainSettings, derive_seed, pretrain_teacher, teacher_classes
-from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, TeacherPool,
-                                  load_pool, read_manifest, write_manifest, write_teacher)
+from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, TeacherPool, pool_error,
+                                  check_teacher_file, load_pool, manifest_key, pools_root, read_manifest,
+                                  run_facts, select_teachers, write_manifest, write_teacher)
 from dfmlbench.registry import did_you_mean
 
 POOL_CODE_VERSION = 1  # bump when pre-training code changes what it produces
@@ -100,11 +100,13 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
     committed (weights, then manifest) at once, so a killed build loses at most one teacher."""
     key = pool_key(dataset, spec)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else _new_manifest(dataset, spec, key)
-    if manifest.get("key") != key:
-        raise UserError(f"{folder} holds a different pool (key {manifest.get('key')}, expected {key}); "
-                        "remove the folder or choose another pool.path")
+    if (folder / MANIFEST).is_file():
+        manifest = read_manifest(folder, dataset)
+        _check_cached_key(folder, manifest, key)
+    else:
+        manifest = _new_manifest(dataset, spec, key)
     train_classes = dataset.splits["train"]
+    trained_on = run_facts(device)
     for index in range(len(manifest["teachers"]), spec.num_teachers):
         started = time.perf_counter()
         classes = teacher_classes(train_classes, spec.way, spec.seed, index)
@@ -117,10 +119,62 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
             "class_names": [dataset.class_names[c] for c in classes],
             "heldout_acc": trained.heldout_acc, "best_epoch": trained.best_epoch,
             "train_seconds": round(time.perf_counter() - started, 3), "sha256": sha,
+            "trained_on": trained_on,
         })
         write_manifest(folder, manifest)
         if on_teacher is not None:
             on_teacher(index + 1, spec.num_teachers)
+
+
+def _check_cached_key(folder: Path, manifest: dict[str, Any], key: str) -> None:
+    if manifest.get("key") != key:
+        raise pool_error(folder, f"{folder} holds a different pool (key {manifest.get('key')}, expected {key})")
+
+
+def cache_folder(dataset: ImageDataset, spec: PoolSpec) -> Path:
+    """Where the cached pool of (dataset, spec) lives: `cache_dir()/pools/<name>-<key>/`."""
+    return pools_root() / f"{dataset.name}-{spec.arch}-{spec.way}way-{pool_key(dataset, spec)}"
+
+
+def check_pool_source(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec) -> None:
+    """Pre-flight: everything about the pool that can be checked without training or loading
+    weights, as one-line UserErrors. `spec.path`: the manifest, read and checked against the
+    dataset, the teacher count, and every used teacher file's tensor shapes (from its safetensors
+    header). A cached pool: the same, on what the cache already holds (nothing when it is not
+    built yet). A multi-domain dataset: each domain's pool."""
+    if isinstance(dataset, MultiDomainDataset):
+        for d, count in enumerate(_domain_counts(dataset, spec)):
+            if count:
+                check_pool_source(dataset.domains[d].source, replace(spec, num_teachers=count))
+        return
+    if spec.path:
+        folder = Path(spec.path).expanduser()
+        manifest = read_manifest(folder, dataset)
+        used = len(select_teachers(manifest, folder, spec.num_teachers))
+    else:
+        folder = cache_folder(dataset, spec)
+        if not (folder / MANIFEST).is_file():
+            return
+        manifest = read_manifest(folder, dataset)
+        _check_cached_key(folder, manifest, pool_key(dataset, spec))
+        used = min(len(manifest["teachers"]), spec.num_teachers)
+    for index in range(used):
+        check_teacher_file(folder, manifest, index)
+
+
+def planned_pool_key(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec) -> str:
+    """The key `obtain_pool(dataset, spec).key` will have, without training or loading weights
+    (a `spec.path` pool's manifest is read and checked)."""
+    if isinstance(dataset, MultiDomainDataset):
+        counts = _domain_counts(dataset, spec)
+        return _combined_key({d: planned_pool_key(dataset.domains[d].source, replace(spec, num_teachers=count))
+                              for d, count in enumerate(counts) if count})
+    if spec.path:
+        folder = Path(spec.path).expanduser()
+        manifest = read_manifest(folder, dataset)
+        select_teachers(manifest, folder, spec.num_teachers)
+        return manifest_key(manifest, spec.num_teachers)
+    return pool_key(dataset, spec)
 
 
 def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, device: torch.device | str = "cpu",
@@ -129,17 +183,88 @@ def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, devi
     if isinstance(dataset, MultiDomainDataset):
         return _multidomain_pool(dataset, spec, device, on_teacher)
     if spec.path:
-        pool = load_pool(Path(spec.path).expanduser(), spec.num_teachers, device)
-        if pool.image_size != dataset.image_size or pool.in_channels != dataset.channels:
-            raise UserError(f"pool at {spec.path} expects {pool.in_channels}x{pool.image_size}px "
-                            f"images but {dataset.name} has {dataset.channels}x{dataset.image_size}px")
-        return pool
+        return load_pool(Path(spec.path).expanduser(), spec.num_teachers, device, dataset=dataset)
     key = pool_key(dataset, spec)
-    folder = cache_dir() / "pools" / f"{dataset.name}-{spec.arch}-{spec.way}way-{key}"
-    have = len(read_manifest(folder)["teachers"]) if (folder / MANIFEST).is_file() else 0
+    folder = cache_folder(dataset, spec)
+    have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
     if have < spec.num_teachers:
         build_pool(dataset, spec, folder, device, on_teacher)
-    return load_pool(folder, spec.num_teachers, device, key)
+    pool = load_pool(folder, spec.num_teachers, device, key, dataset)
+    pool.metadata["training_note"] = _note_training(pool)
+    return pool
+
+
+_NOTED: set[str] = set()  # notes already printed in this process (one per pool and setting)
+
+
+def _training_setting(facts: Any) -> tuple[str, Any] | None:
+    """What makes weights differ in the last bits: the thread count on a CPU, the GPU model."""
+    if not isinstance(facts, dict) or not facts.get("device"):
+        return None
+    kind = str(facts["device"]).split(":")[0]
+    return (kind, facts.get("device_name")) if kind == "cuda" else (kind, facts.get("num_threads"))
+
+
+def _describe(setting: tuple[str, Any]) -> str:
+    kind, detail = setting
+    return f"{kind} with {detail} thread(s)" if kind == "cpu" else f"{kind} ({detail})"
+
+
+def _note_training(pool: TeacherPool) -> str | None:
+    """One stderr line when some cached teachers were trained under another thread count or
+    device than this run uses (a fresh build here would differ in the last bits); the line, or None."""
+    now = _training_setting(pool.metadata.get("run_on"))
+    trained = [_training_setting(f) for f in pool.metadata.get("teachers_trained_on", [])]
+    groups: list[list[Any]] = []  # [first, last, setting] of consecutive teachers
+    for index, setting in enumerate(trained):
+        if setting is None or now is None or setting == now:
+            continue
+        if groups and groups[-1][1] == index - 1 and groups[-1][2] == setting:
+            groups[-1][1] = index
+        else:
+            groups.append([index, index, setting])
+    if not groups:
+        return None
+    parts = []
+    for n, (first, last, setting) in enumerate(groups):
+        who = f"teacher {first} was" if first == last else f"teachers {first}-{last} were"
+        parts.append(f"{who} trained on {_describe(setting)}" if n == 0 else f"{who.rsplit(' ', 1)[0]} on "
+                     f"{_describe(setting)}")
+    line = (f"pool {pool.path}: {', '.join(parts)}, this run uses {_describe(now)}; "
+            "results can differ in the last digits from a run with the same settings elsewhere")
+    if line not in _NOTED:
+        _NOTED.add(line)
+        note(line)
+    return line
+
+
+def _refuse_path(data: MultiDomainDataset, spec: PoolSpec) -> None:
+    if spec.path:
+        raise UserError(f"pool.path cannot serve the multi-domain dataset '{data.name}': its teachers "
+                        "come from each domain's own pool; leave pool.path null")
+
+
+def _domain_picks(data: MultiDomainDataset, spec: PoolSpec) -> list[tuple[int, int]]:
+    """(domain, position in that domain's own pool) of each teacher, drawn from (seed, index)."""
+    _refuse_path(data, spec)
+    picks, counts = [], [0] * len(data.domains)
+    for index in range(spec.num_teachers):
+        domain = derive_seed("teacher-domain", spec.seed, index) % len(data.domains)
+        picks.append((domain, counts[domain]))
+        counts[domain] += 1
+    return picks
+
+
+def _domain_counts(data: MultiDomainDataset, spec: PoolSpec) -> list[int]:
+    counts = [0] * len(data.domains)
+    for domain, _ in _domain_picks(data, spec):
+        counts[domain] += 1
+    return counts
+
+
+def _combined_key(keys: dict[int, str]) -> str:
+    """A multi-domain pool's key, from its domains' pool keys."""
+    return hashlib.sha256("+".join(f"{d}:{k}" for d, k in sorted(keys.items())).encode()).hexdigest()[:16]
 
 
 def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.device | str,
@@ -147,14 +272,7 @@ def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.de
     """Teacher i comes from domain d(i), drawn from (seed, i) alone, and is the next teacher of
     that domain's own cached pool (trained on its images at its size and statistics); it is
     wrapped to take the shared image space, and its class ids move into the shared label space."""
-    if spec.path:
-        raise UserError(f"pool.path cannot serve the multi-domain dataset '{data.name}': its teachers "
-                        "come from each domain's own pool; leave pool.path null")
-    picks, counts = [], [0] * len(data.domains)
-    for index in range(spec.num_teachers):
-        domain = derive_seed("teacher-domain", spec.seed, index) % len(data.domains)
-        picks.append((domain, counts[domain]))
-        counts[domain] += 1
+    picks, counts = _domain_picks(data, spec), _domain_counts(data, spec)
     pools = {d: obtain_pool(data.domains[d].source, replace(spec, num_teachers=count), device)
              for d, count in enumerate(counts) if count}
     done = 0
@@ -168,11 +286,14 @@ def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.de
         done += 1
         if on_teacher is not None:
             on_teacher(done, spec.num_teachers)
-    key = hashlib.sha256("+".join(f"{d}:{p.key}" for d, p in sorted(pools.items())).encode()).hexdigest()[:16]
+    key = _combined_key({d: p.key for d, p in pools.items()})
+    notes = [p.metadata.get("training_note") for p in pools.values()]
     return TeacherPool(teachers, data.name, data.image_size, data.channels, data.mean, data.std,
                        next(iter(pools.values())).path, key,
-                       {"domains": {data.domains[d].name: {"teachers": counts[d], "key": p.key, "path": str(p.path)}
-                                    for d, p in pools.items()}})
+                       {"domains": {data.domains[d].name: {"teachers": counts[d], "key": p.key,
+                                                           "path": str(p.path)} for d, p in pools.items()},
+                        "run_on": run_facts(device), "training_note": "; ".join(n for n in notes if n) or None})
 
 
-__all__ = ["PoolSpec", "Teacher", "TeacherPool", "build_pool", "load_pool", "obtain_pool", "pool_key"]
+__all__ = ["PoolSpec", "Teacher", "TeacherPool", "build_pool", "cache_folder", "check_pool_source", "load_pool",
+           "obtain_pool", "planned_pool_key", "pool_key"]
