@@ -307,7 +307,7 @@ def test_config_hash_ignores_runtime(quickstart):
 
 @pytest.mark.parametrize("assignment", ["protocol.steps=5", "protocol.test_episodes=21",
                                         "protocol.episode_seed=1", "protocol.lr=0.02",
-                                        "learner.arch=resnet12"])
+                                        "learner.arch=resnet10"])
 def test_config_hash_changes_with_protocol(quickstart, assignment):
     base, changed = smoke_cells(quickstart), smoke_cells(quickstart, [assignment])
     for name in base:
