@@ -107,6 +107,10 @@ CASES = [
     # class_ids: inside the dataset, integers, distinct, as many as names and output units
     ("class-id-too-big", ids(1, lambda c: c.__setitem__(2, 100)),
      ["teacher 1 field 'class_ids'", "holds 100 at position 2", "outside glyphs (class ids 0-99)"], "both"),
+    ("class-id-of-meta-test", ids(1, lambda c: c.__setitem__(2, 90)),
+     ["teacher 1 field 'class_ids'", "holds 90 at position 2", "glyphs's test split", "meta-train classes only"],
+     "both"),
+    ("class-id-of-meta-val", ids(0, lambda c: c.__setitem__(0, 70)), ["holds 70", "glyphs's val split"], "both"),
     ("class-id-negative", ids(1, lambda c: c.__setitem__(0, -3)),
      ["teacher 1 field 'class_ids'", "holds -3", "must be >= 0"], "both"),
     ("class-id-float", ids(0, lambda c: c.__setitem__(4, 3.5)),

@@ -239,6 +239,10 @@ def _check_against_dataset(manifest: dict[str, Any], dataset: "ImageDataset", ba
                   "normalised with its statistics, and mean/std must say so")
 
 
+def _split_of(dataset: "ImageDataset", class_id: int) -> str:
+    return next(split for split, ids in dataset.splits.items() if class_id in ids)
+
+
 def _check_teacher_entry(folder: Path, entry: Any, index: int, dataset: "ImageDataset | None",
                          bad: Any) -> None:
     if not isinstance(entry, dict):
@@ -276,6 +280,10 @@ def _check_teacher_entry(folder: Path, entry: Any, index: int, dataset: "ImageDa
         if classes is not None and value >= classes:
             raise field_bad("class_ids", f"holds {value} at position {i}, outside {dataset_name} "
                                          f"(class ids 0-{classes - 1})")
+        split = _split_of(dataset, value) if dataset is not None else "train"
+        if split != "train":  # a teacher that saw meta-val/test classes leaks them into the evaluation
+            raise field_bad("class_ids", f"holds {value} at position {i}, a class of {dataset_name}'s {split} "
+                                         "split; teachers must be trained on meta-train classes only")
         if value in seen:
             raise field_bad("class_ids", f"holds {value} twice; each output unit must be a different class")
         seen.add(value)
