@@ -80,6 +80,11 @@ SETTINGS = [
     (setting("method_settings.dro.gamma_grid=[]", method="dro"), ["method_settings.dro.gamma_grid=[]"]),
     (setting("method_settings.best-model.variant=best", method="best-model"),
      ["method_settings.best-model.variant='best'", "one of finetune, zero-step, hungarian"]),
+    # Analysis settings, typed from the analysis function's keyword defaults.
+    (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.num_images=abc"],
+     ["analysis_settings.teacher-features.num_images='abc'", "an integer >= 1"]),
+    (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.images=3"],
+     ["analysis 'teacher-features' has no setting 'images'", "did you mean 'num_images'?"]),
     # Episodes and teachers fit each dataset's declared facts (no file is read for these).
     (setting("datasets=omniglot", "protocol.way=100"),
      ["protocol.way=100 is not allowed on omniglot", "41 classes", "at most 41"]),

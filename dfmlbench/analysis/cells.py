@@ -4,6 +4,7 @@ write a record (JSON last, atomically) with their arrays in an .npz beside it.""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from dfmlbench.errors import UserError, note
 from dfmlbench.paths import save_npz_atomic
 from dfmlbench.pool import PoolSpec, obtain_pool
 from dfmlbench.records import environment, finished_record, write_record
-from dfmlbench.registry import Registry
+from dfmlbench.registry import Registry, did_you_mean
+from dfmlbench.schema import rule_from_default
 
 ANALYSES: Registry[Any] = Registry("analysis")
 ANALYSES.register("teacher-features", "dfmlbench.analysis.teacher_features:teacher_features",
@@ -44,8 +46,7 @@ def expand_analysis_cells(config: dict[str, Any]) -> list[AnalysisCell]:
         ANALYSES.get(unknown[0])  # raises the did-you-mean error
     cells = []
     for name in config["analyses"]:
-        ANALYSES.get(name)
-        settings = dict(config["analysis_settings"].get(name) or {})
+        settings = typed_settings(name, dict(config["analysis_settings"].get(name) or {}))
         for dataset in config["datasets"]:
             for seed in config["seeds"]:
                 cell_config = {"suite": config["suite"], "profile": config["profile"],
@@ -55,6 +56,25 @@ def expand_analysis_cells(config: dict[str, Any]) -> list[AnalysisCell]:
                 cells.append(AnalysisCell(name, dataset, int(seed), settings, cell_config,
                                           config_hash(cell_config)))
     return cells
+
+
+# Settings every analysis receives from the runner, not from the suite.
+RUNNER_ARGUMENTS = ("pool", "dataset", "seed", "device")
+
+
+def typed_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """An analysis's settings are its function's keyword arguments, typed from their defaults."""
+    parameters = inspect.signature(ANALYSES.get(name).load()).parameters
+    defaults = {k: p.default for k, p in parameters.items()
+                if k not in RUNNER_ARGUMENTS and p.default is not inspect.Parameter.empty}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise UserError(f"analysis '{name}' has no setting '{unknown[0]}': {did_you_mean(unknown[0], list(defaults))}")
+    for key, value in settings.items():
+        rule = rule_from_default(key, defaults[key])
+        if rule is not None:
+            settings[key] = rule.apply(f"analysis_settings.{name}.{key}", value)
+    return settings
 
 
 def analysis_stem(out_dir: Path, cell: AnalysisCell) -> Path:
@@ -80,11 +100,7 @@ def run_analysis_cell(cell: AnalysisCell, out_dir: Path, force: bool = False) ->
     dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
     pool = obtain_pool(dataset, PoolSpec.from_config(cell.config["pool"]), device)
     function = ANALYSES.get(cell.analysis).load()
-    try:
-        result = function(pool, dataset, seed=cell.seed, device=device, **cell.settings)
-    except TypeError as exc:
-        raise UserError(f"analysis_settings.{cell.analysis}: {exc}; see its signature in "
-                        f"dfmlbench/analysis") from None
+    result = function(pool, dataset, seed=cell.seed, device=device, **cell.settings)  # settings typed at expansion
     arrays = {k: np.asarray(v) for k, v in vars(result).items() if isinstance(v, np.ndarray)}
     info = {k: v for k, v in vars(result).items() if not isinstance(v, np.ndarray)}
     arrays_file = stem.with_suffix(".arrays.npz")
