@@ -187,7 +187,9 @@ class CellRunner:
                 pool_seconds = time.perf_counter() - t0
             pool_info = {"key": pool.key, "path": str(pool.path), "num_teachers": len(pool),
                          "architectures": pool.architectures,
-                         "mean_heldout_acc": sum(t.heldout_acc for t in pool) / len(pool)}
+                         "mean_heldout_acc": sum(t.heldout_acc for t in pool) / len(pool),
+                         # what the teachers were trained on, when it differs from this run
+                         "training_note": pool.metadata.get("training_note")}
 
         test_episodes = _episodes(dataset, "test", protocol, cell.shot, protocol["test_episodes"])
         val_episodes = _episodes(dataset, "val", protocol, cell.shot, protocol["val_episodes"])

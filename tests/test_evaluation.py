@@ -7,6 +7,7 @@ from dfmlbench.evaluation import AdaptProtocol, evaluate, evaluate_reference
 from dfmlbench.learner import Learner
 from dfmlbench.models import build_model, copy_parameters
 from dfmlbench.stats import paired_test, summarize
+from numerics import Float64Images, assert_same_meta_test
 
 
 def learner_from(pool_teacher=None, seed=0):
@@ -17,21 +18,22 @@ def learner_from(pool_teacher=None, seed=0):
     return Learner(model)
 
 
-def test_batched_evaluation_equals_one_episode_at_a_time(glyphs, tiny_pool):
+def test_batched_evaluation_equals_one_episode_at_a_time(glyphs, tiny_pool, monkeypatch):
     episodes = make_episodes(glyphs, "test", 5, 1, 15, 12, seed=3)
-    learner = learner_from(tiny_pool[0])
-    batched = evaluate(learner, glyphs, episodes, AdaptProtocol(10, 0.01), chunk=5)
-    reference = evaluate_reference(learner, glyphs, episodes, AdaptProtocol(10, 0.01))
+    learner, data = learner_from(tiny_pool[0]), Float64Images(glyphs)
+    learner.model.double()
+    batched = assert_same_meta_test(
+        monkeypatch, lambda: evaluate(learner, data, episodes, AdaptProtocol(10, 0.01), chunk=5),
+        lambda: evaluate_reference(learner, data, episodes, AdaptProtocol(10, 0.01)))
     assert batched.shape == (12,)
-    np.testing.assert_array_equal(batched, reference)
 
 
-def test_chunking_does_not_change_results(glyphs):
+def test_chunking_does_not_change_results(glyphs, monkeypatch):
     episodes = make_episodes(glyphs, "test", 5, 1, 5, 7)
-    learner = learner_from()
-    a = evaluate(learner, glyphs, episodes, chunk=7)
-    b = evaluate(learner, glyphs, episodes, chunk=3)
-    np.testing.assert_array_equal(a, b)
+    learner, data = learner_from(), Float64Images(glyphs)
+    learner.model.double()
+    assert_same_meta_test(monkeypatch, lambda: evaluate(learner, data, episodes, chunk=7),
+                          lambda: evaluate(learner, data, episodes, chunk=3))
 
 
 def test_functional_sgd_matches_torch_optim_sgd():
@@ -66,13 +68,13 @@ def test_head_matching_permutes_output_units(glyphs, tiny_pool):
     assert matched.mean() >= identity.mean()
 
 
-def test_per_episode_init_is_used(glyphs):
+def test_per_episode_init_is_used(glyphs, monkeypatch):
     episodes = make_episodes(glyphs, "test", 5, 1, 5, 4)
-    inits = [parameters_of(learner_from(seed=s).model) for s in range(4)]
-    learner = Learner(learner_from().model, init_for_episode=lambda e: inits[e])
-    batched = evaluate(learner, glyphs, episodes, chunk=4)
-    reference = evaluate_reference(learner, glyphs, episodes)
-    np.testing.assert_array_equal(batched, reference)
+    inits = [parameters_of(learner_from(seed=s).model.double()) for s in range(4)]
+    learner = Learner(learner_from().model.double(), init_for_episode=lambda e: inits[e])
+    data = Float64Images(glyphs)
+    assert_same_meta_test(monkeypatch, lambda: evaluate(learner, data, episodes, chunk=4),
+                          lambda: evaluate_reference(learner, data, episodes))
 
 
 def test_summary_uses_population_std():

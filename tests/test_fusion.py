@@ -86,7 +86,9 @@ def test_alignment_undoes_a_channel_permutation_of_every_hidden_layer(arch, size
 
     x = torch.randn(6, 3, size, size, generator=g)
     with torch.no_grad():  # a channel permutation is a symmetry: the function is unchanged
-        torch.testing.assert_close(permuted(x), model(x), atol=1e-5, rtol=0)
+        # up to float32 rounding of the reordered channel sums: up to ~3e-6 on logits up to ~7
+        # across vector widths and thread counts; a wrong permutation changes logits by O(1)
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=3e-5)
     assert not torch.equal(permuted.state_dict()["classifier.weight"], original["classifier.weight"])
 
     aligned, recovered = align_to_anchor(permuted.state_dict(), original, graph, solver, cost)

@@ -269,5 +269,9 @@ def test_bidf_stacked_events_equal_the_event_loop(tiny_pool, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
     assert events_a == events_b == 3 and list(bank_a) == list(bank_b)
     for c in bank_a:
-        assert torch.equal(bank_a[c], bank_b[c])
+        # uint8 truncation of float64 images that agree to ~1e-15: a pixel may land one level
+        # apart only where it sits on a level boundary, so not bitwise on every CPU
+        levels = bank_a[c].int() - bank_b[c].int()
+        assert bank_a[c].shape == bank_b[c].shape and int(levels.abs().max()) <= 1
+        assert float((levels != 0).double().mean()) < 1e-3
     torch.testing.assert_close(last_a, last_b, rtol=1e-9, atol=1e-12)
