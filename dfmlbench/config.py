@@ -58,6 +58,12 @@ DEFAULTS: dict[str, Any] = {
     # `download`: let a dataset that can (cifar-fs) fetch its missing source files.
     "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False},
 }
+SMOKE_PROFILE = "smoke"
+# Where every `smoke` profile starts (seconds on a CPU, for tests): a 3-teacher pool of 2
+# epochs, 5-way 1-shot, 20 small test episodes. The suite's own smoke profile and `--set` win;
+# every method runs at its own `smoke_settings` (runner._build_method).
+SMOKE_BASE: dict[str, Any] = {"shots": [1], "pool.num_teachers": 3, "pool.epochs": 2, "protocol.test_episodes": 20,
+                              "protocol.val_episodes": 10, "protocol.query": 5}
 SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper", "report")
 
 
@@ -207,7 +213,8 @@ def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]
         raise UserError(f"suite '{suite.name}' has no profile '{profile}': "
                         f"{did_you_mean(profile, list(suite.profiles))}")
     config = _deep_merge(DEFAULTS, suite.body)
-    for key, value in [*suite.profiles.get(profile, {}).items(), *assignments]:
+    base = SMOKE_BASE.items() if profile == SMOKE_PROFILE else ()
+    for key, value in [*base, *suite.profiles.get(profile, {}).items(), *assignments]:
         assign(config, key, value)
     _check_keys({k: v for k, v in config.items() if k != "method_overrides"}, DEFAULTS, "settings")
     _coerce_settings(config)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dfmlbench.config import assign, config_hash, sweep_points
+from dfmlbench.config import SMOKE_PROFILE, assign, config_hash, sweep_points
 from dfmlbench.data import load_dataset
 from dfmlbench.episodes import make_episodes
 from dfmlbench.errors import UserError, note
@@ -56,9 +56,6 @@ class Outcome:
     status: str  # "ran", "recorded" (skipped: already done), "failed"
     record: dict[str, Any] | None
     path: Path
-
-
-SMOKE_PROFILE = "smoke"
 
 
 def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
