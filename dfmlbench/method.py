@@ -96,10 +96,17 @@ class Method:
 
     name: ClassVar[str] = ""
     uses_teachers: ClassVar[bool] = True
+    # Starts the meta-learner from teacher weights (Best-Model, Average, OTA, DRO): a
+    # multi-domain dataset, whose teachers see the shared images through a wrapper and whose
+    # learner is conv4-any, cannot serve it.
+    copies_teacher_weights: ClassVar[bool] = False
+    # Fuses several teachers' weights element-wise (Average, OTA, DRO): needs one architecture.
+    fuses_weights: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
     # The settings that set its training length at paper scale (e.g. {"epochs": 980}), scaled
-    # together by a suite's `budget_fraction`.
-    paper_budget: ClassVar[dict[str, int]] = {}
+    # together by a suite's `budget_fraction`; {} for a method that trains nothing. Left
+    # undeclared (None), `budget_fraction` refuses the method rather than run it at full length.
+    paper_budget: ClassVar[dict[str, int] | None] = None
     # Settings that take one of a few named values: checked once, here, for every method.
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Types and ranges the defaults cannot tell (a count that may be 0, a null default);
@@ -112,6 +119,9 @@ class Method:
     @classmethod
     def budget_at(cls, fraction: float) -> dict[str, int]:
         """The paper budget scaled by `fraction` (rounded, at least 1 each)."""
+        if cls.paper_budget is None:
+            raise UserError(f"budget_fraction cannot scale '{cls.name}': it declares no paper_budget; declare the "
+                            "settings that set its training length (or paper_budget = {} if it trains nothing)")
         return {key: max(1, round(value * fraction)) for key, value in cls.paper_budget.items()}
 
     def __init__(self, **settings: Any) -> None:

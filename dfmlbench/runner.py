@@ -19,7 +19,7 @@ from dfmlbench.data import load_dataset
 from dfmlbench.episodes import make_episodes
 from dfmlbench.errors import UserError, note
 from dfmlbench.data.base import ImageDataset
-from dfmlbench.data.multidomain import MultiDomainDataset
+from dfmlbench.data.multidomain import MEMBERS as MULTIDOMAIN_MEMBERS, MultiDomainDataset
 from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
@@ -27,7 +27,7 @@ from dfmlbench.methods import METHODS, create_method, free_settings
 from dfmlbench.registry import did_you_mean
 from dfmlbench.data.facts import check_fit, measured_facts
 from dfmlbench.paths import cache_dir, check_writable_folder
-from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
+from dfmlbench.pool import MIXED, MIXED_ARCHITECTURES, PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.records import device_name, environment, finished_record, method_label, record_stem, write_record
 from dfmlbench.stats import summarize
@@ -60,17 +60,17 @@ class Outcome:
 
 def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
     """Settings, lowest priority first: the method's own smoke settings (under the `smoke`
-    profile only), the paper budget scaled by `budget_fraction`, the base method's block (e.g.
-    `free`, for all its variants, less what a variant fixes), the entry's own block, then
-    `--set method.KEY`."""
+    profile only), the paper budget scaled by `budget_fraction` (under `smoke`, at most the
+    smoke budget: smoke means seconds), the base method's block (e.g. `free`, for all its
+    variants, less what a variant fixes), the entry's own block, then `--set method.KEY`."""
     free = free_settings(name)
     method_class = METHODS.get(name).load()
     base = method_class.name
     fraction = config.get("budget_fraction")
-    settings = ({k: v for k, v in method_class.smoke_settings.items() if k in free}
-                if config["profile"] == SMOKE_PROFILE else {})
+    smoke = method_class.smoke_settings if config["profile"] == SMOKE_PROFILE else {}
+    settings = {k: v for k, v in smoke.items() if k in free}
     if fraction is not None:
-        settings.update({k: v for k, v in method_class.budget_at(fraction).items() if k in free})
+        settings.update({k: min(v, smoke.get(k, v)) for k, v in method_class.budget_at(fraction).items() if k in free})
     settings.update({k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free})
     settings.update(config["method_settings"].get(name) or {})
     for key, value in config.get("method_overrides", {}).items():
@@ -115,6 +115,7 @@ def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
     cells = []
     for method in built:
         for dataset in config["datasets"]:
+            _check_pool_fits_method(method, dataset, config["pool"])
             for shot in config["shots"]:
                 for seed in config["seeds"]:
                     cell_config = {
@@ -131,6 +132,18 @@ def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
                     cells.append(Cell(method, dataset, int(shot), int(seed), cell_config,
                                       config_hash(cell_config)))
     return cells
+
+
+def _check_pool_fits_method(method: Method, dataset: str, pool: dict[str, Any]) -> None:
+    """Methods that start from teacher weights, refused before any pool is built where the
+    pool cannot give them one architecture to copy (a brought-in pool is checked on loading)."""
+    if method.copies_teacher_weights and dataset in MULTIDOMAIN_MEMBERS:
+        raise UserError(f"{method.name} starts the meta-learner from teacher weights, which the multi-domain "
+                        f"dataset '{dataset}' cannot give (its teachers see the shared images through a wrapper, "
+                        "its learner is conv4-any); run it on each domain's own dataset")
+    if method.fuses_weights and pool["arch"] == MIXED and not pool["path"]:
+        raise UserError(f"{method.name} fuses teacher weights element-wise, so it needs one architecture; "
+                        f"pool.arch={MIXED} mixes {', '.join(MIXED_ARCHITECTURES)}: set pool.arch to one of them")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,6 +18,8 @@ def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 class Average(Method):
     name = "average"
+    copies_teacher_weights = fuses_weights = True
+    paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None

@@ -19,6 +19,8 @@ VARIANTS = {
 
 class BestModel(Method):
     name = "best-model"
+    copies_teacher_weights = True
+    paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     defaults = {"variant": "finetune"}
     choices = {"variant": tuple(VARIANTS)}
 

@@ -174,8 +174,7 @@ class BiDfTraining:
         query_views, query_targets = self.kd_targets(teacher, query)
         loss = kd_loss(forward(self.model, adapted, query_views), query_targets, s["kd_quirk"])
         for images, labels in ((support, self.support_labels), (query, self.query_labels)):
-            for label, class_id in enumerate(teacher.class_ids):
-                self.bank.add(class_id, images[labels == label])
+            self.bank.add_task(teacher.class_ids, images, labels)
         self.last_support = support
         return loss
 
@@ -230,8 +229,7 @@ class BiDfTraining:
         loss = self.kd_losses(stacked.forward(self.model, adapted, query_views), query_targets).sum()  # type: ignore[arg-type]
         for t, teacher in enumerate(teachers):
             for images, labels in ((support[t], self.support_labels), (query[t], self.query_labels)):
-                for label, class_id in enumerate(teacher.class_ids):
-                    self.bank.add(class_id, images[labels == label])
+                self.bank.add_task(teacher.class_ids, images, labels)
         self.last_support = support[-1]
         return loss
 

@@ -58,6 +58,7 @@ def build_hypernet(embedding_dim: int, hidden: int, size: int, generator: torch.
 
 class DRO(Method):
     name = "dro"
+    copies_teacher_weights = fuses_weights = True
     choices = {"init": INITS}
     paper_budget = {"steps": 10000}  # scaled by a suite's budget_fraction
     rules = {"gamma_grid": items(number(0))}

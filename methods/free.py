@@ -294,8 +294,7 @@ class FreeTraining:
         if self.s["bank_add"] == "last":
             chosen = chosen[-1:]
         for teacher, task in chosen:
-            for label, class_id in enumerate(teacher.class_ids):
-                self.bank.add(class_id, task.images[task.labels == label])
+            self.bank.add_task(teacher.class_ids, task.images, task.labels)
 
     def learn_from_tasks(self, teachers: list[Teacher], tasks: list[RecoveredTask], epoch: int) -> None:
         """BELL (sequential KD on a clone, Reptile-style outer step) or ERM (one step on the mean)."""

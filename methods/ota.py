@@ -21,6 +21,8 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list
 
 class OTA(Method):
     name = "ota"
+    copies_teacher_weights = fuses_weights = True
+    paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     choices = {"solver": SOLVERS, "cost": COSTS, "weighting": WEIGHTINGS}
     defaults = {
         "solver": "emd",          # exact OT (POT), as otfusion; "assignment" finds the same permutation

@@ -10,6 +10,7 @@ from dfmlbench.pool import TeacherPool
 
 class RandomInit(Method):
     name = "random"
+    paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     uses_teachers = False
     defaults = {
         # Official code (TDS method/random.py) reuses one seeded init for every episode; the

@@ -80,6 +80,12 @@ SETTINGS = [
     (setting("method_settings.dro.gamma_grid=[]", method="dro"), ["method_settings.dro.gamma_grid=[]"]),
     (setting("method_settings.best-model.variant=best", method="best-model"),
      ["method_settings.best-model.variant='best'", "one of finetune, zero-step, hungarian"]),
+    # Methods that start from teacher weights, on pools that cannot give them one architecture.
+    (setting("datasets=mix-small", method="average"),
+     ["average starts the meta-learner from teacher weights", "multi-domain dataset 'mix-small'"]),
+    (setting("datasets=mix-small", method="best-model"), ["best-model starts the meta-learner from teacher weights"]),
+    (setting("pool.arch=mix", method="ota"),
+     ["ota fuses teacher weights element-wise", "pool.arch=mix mixes conv4, resnet10, resnet18"]),
     # Analysis settings, typed from the analysis function's keyword defaults.
     (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.num_images=abc"],
      ["analysis_settings.teacher-features.num_images='abc'", "an integer >= 1"]),

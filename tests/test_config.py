@@ -532,3 +532,22 @@ def test_budget_fraction_changes_the_hash_and_rounds_up_to_one():
 def test_budget_fraction_must_be_a_fraction(value):
     with pytest.raises(UserError, match=r"budget_fraction must be null or a number in \(0, 1\]"):
         inversion_cells("cpu", [f"budget_fraction={value}"])
+
+
+def test_budget_fraction_refuses_a_method_that_declares_no_paper_budget():
+    from dfmlbench.method import Method
+
+    class Undeclared(Method):
+        name = "undeclared"
+        defaults = {"steps": 100}
+
+    with pytest.raises(UserError, match="budget_fraction cannot scale 'undeclared': it declares no paper_budget"):
+        Undeclared.budget_at(0.1)
+    assert METHODS.get("random").load().budget_at(0.1) == {}  # trains nothing: nothing to scale
+
+
+def test_under_smoke_a_budget_fraction_trains_at_most_the_smoke_budget():
+    config = resolve(load_suite("fig5"), "smoke", [])  # budget_fraction 0.002 of the paper budgets
+    cells = {cell.method.name: cell for cell in expand_cells(config, ["free", "bidf-mkd"])}
+    assert cells["bidf-mkd"].method.settings["meta_iterations"] == 12  # not 0.002 x 60000 = 120
+    assert cells["free"].method.settings["epochs"] == 2  # round(0.002 x 980) = 2, within the smoke budget

@@ -53,6 +53,11 @@ class MemoryBank:
             slots.append(stored)
         self._next[int(class_id)] = (slot + 1) % self.slots_per_class
 
+    def add_task(self, class_ids: list[int], images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store a recovered task: relative label i's images under the absolute class_ids[i]."""
+        for label, class_id in enumerate(class_ids):
+            self.add(class_id, images[labels == label])
+
     def state_dict(self) -> dict:
         return {"slots": {c: list(slots) for c, slots in self._slots.items()}, "next": dict(self._next)}
 
