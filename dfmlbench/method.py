@@ -86,6 +86,18 @@ class RunContext:
         return self.progress_factory(total=total, desc=desc)
 
 
+@dataclass(frozen=True)
+class RecoveryUnit:
+    """One repeatable piece of a method's data recovery (a FREE epoch's b recoveries, a PURER
+    pseudo-data update, a BiDf-MKD generation event), for the Time column's extrapolation:
+    `run` performs one unit, timing itself with ctx.recovery(); the method's settings run
+    `count` of them."""
+
+    name: str
+    count: int
+    run: Callable[[], Any]
+
+
 class Method:
     """Base class of every DFML method.
 
@@ -135,3 +147,8 @@ class Method:
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         raise NotImplementedError
+
+    def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit | None:
+        """What `python -m dfmlbench.recovery_time` times and extrapolates; None: the method
+        recovers no data."""
+        return None

@@ -14,34 +14,35 @@ PURER's rare adversarial iterations are not in the span (they add a MAML term).
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 
+from dfmlbench.data.cifar_fs import MEAN as CIFAR_MEAN, STD as CIFAR_STD
+from dfmlbench.data.sources import IMAGENET_MEAN, IMAGENET_STD
 from dfmlbench.errors import UserError
 from dfmlbench.method import RunContext
-from dfmlbench.methods import create_method
+from dfmlbench.methods import METHODS, create_method
 from dfmlbench.models import build_model
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.pool.pretrain import derive_seed, teacher_classes
+from dfmlbench.reporting.paper import paper_table
 
-# The paper's Table 2 Time column (hours on one RTX 3090): CIFAR-FS at 32 px, miniImageNet at 84 px.
-PAPER_HOURS = {
-    32: {"free": 0.11, "free-2": 0.05, "purer": 1.21, "bidf-mkd": 2.47},
-    84: {"free": 0.41, "free-2": 0.25, "purer": 1.31, "bidf-mkd": 8.87},
-}
-NORMALISATION = {32: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-                 84: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+# The paper's Table 2 Time column (hours on one RTX 3090) at each image size: CIFAR-FS at 32 px,
+# miniImageNet at 84 px; and those datasets' normalisation.
+PAPER_DATASETS = {32: "cifar-fs", 84: "miniimagenet"}
+PAPER_HOURS = {size: {method: hours for method in paper_table("table2").values
+                      if (hours := paper_table("table2").hours(method, dataset)) is not None}
+               for size, dataset in PAPER_DATASETS.items()}
+NORMALISATION = {32: (CIFAR_MEAN, CIFAR_STD), 84: (IMAGENET_MEAN, IMAGENET_STD)}
+# Per-step sizes for --smoke (the unit counts stay the paper's).
 SMOKE = {
     "free": {"ngf": 8, "nz": 16, "images_per_class": 2, "k": 2},
-    "free-2": {"ngf": 8, "nz": 16, "images_per_class": 2},
     "purer": {"candidate_teachers": 2, "query": 2},
     "bidf-mkd": {"ngf": 8, "nz": 16, "support_per_class": 2, "query_per_class": 2, "generator_iterations": 2,
                  "kd_inner_steps": 1},
@@ -81,38 +82,28 @@ def _context(method: Any, pool: TeacherPool, device: torch.device, folder: Path)
 
 def measure(name: str, pool: TeacherPool, span: int, device: torch.device, smoke: bool) -> Measurement:
     """Run `span` recovery units of one method (after one untimed warm-up unit)."""
-    from dfmlbench.methods.bidf_mkd import BiDfTraining
-    from dfmlbench.methods.free import FreeTraining
-    from dfmlbench.methods.purer import PurerTraining
-
-    method = create_method(name, SMOKE[name] if smoke else {})
-    s = method.settings
-    rng = np.random.default_rng(0)
+    method = create_method(name, SMOKE.get(method_base(name), {}) if smoke else {})
     with tempfile.TemporaryDirectory() as folder:
         ctx = _context(method, pool, device, Path(folder))
-        unit: Callable[[], None]
-        if name.startswith("free"):
-            training = FreeTraining(s, pool, ctx)
-            unit = lambda: training.recover([pool[int(i)] for i in rng.integers(0, len(pool), s["teachers_per_epoch"])],
-                                            warmup=False)
-            label, units = "epoch", s["epochs"]
-        elif name == "purer":
-            purer = PurerTraining(s, pool, ctx)
-
-            def unit() -> None:
-                with ctx.recovery():
-                    purer.invert(adversarial=False)
-            label, units = "iteration", s["iterations"]
-        else:
-            bidf = BiDfTraining(s, pool, ctx)
-            unit = lambda: bidf.generation_event(pool[int(rng.integers(len(pool)))], boundary=True)
-            label = "event"
-            units = math.ceil(s["meta_iterations"] / s["generate_interval"]) * s["episode_batch"]
-        unit()  # warm-up: allocator, kernels, cuDNN autotuning
+        unit = method.recovery_unit(pool, ctx)
+        if unit is None:
+            raise UserError(f"{name} recovers no data, so it has no Time column; "
+                            f"choose among {', '.join(recovering_methods())}")
+        unit.run()  # warm-up: allocator, kernels, cuDNN autotuning
         ctx.recovery_clock.seconds = 0.0
         for _ in range(span):
-            unit()
-        return Measurement(name, pool.image_size, label, ctx.recovery_clock.seconds / span, units)
+            unit.run()
+        return Measurement(name, pool.image_size, unit.name, ctx.recovery_clock.seconds / span, unit.count)
+
+
+def method_base(name: str) -> str:
+    return METHODS.get(name).load().name
+
+
+def recovering_methods() -> list[str]:
+    """The registered methods that declare a recovery unit (FREE and its variants, PURER, BiDf-MKD)."""
+    from dfmlbench.method import Method
+    return [e.name for e in METHODS if e.load().recovery_unit is not Method.recovery_unit]
 
 
 def report(measurements: list[Measurement], device: torch.device) -> str:
@@ -138,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="dfmlbench.recovery_time", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 84])
     parser.add_argument("--methods", nargs="+", default=["free", "free-2", "purer", "bidf-mkd"],
-                        choices=["free", "free-2", "purer", "bidf-mkd"])
+                        choices=recovering_methods())
     parser.add_argument("--span", type=int, default=3, help="timed units per method (after one warm-up)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")

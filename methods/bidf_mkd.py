@@ -8,6 +8,7 @@ every other episode is MAML replay on bank tasks. Recovery time = the two recove
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from dfmlbench.inversion.recovery import (RecoverySettings, StackedTeachers, int
                                          recover_lowest_loss_stacked)
 from dfmlbench.learner import Learner
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_tasks_loss
-from dfmlbench.method import Method, RunContext
+from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.schema import integer
 from dfmlbench.selection import ModelSelection
@@ -69,6 +70,15 @@ class BiDfMKD(Method):
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
         return BiDfTraining(self.settings, pool, ctx).run()
+
+    def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
+        """One generation event (support and boundary query recovered for a random teacher);
+        every `generate_interval` meta-iterations run `episode_batch` of them."""
+        training, s = BiDfTraining(self.settings, pool, ctx), self.settings
+        rng = np.random.default_rng(0)
+        events = math.ceil(s["meta_iterations"] / s["generate_interval"]) * s["episode_batch"]
+        return RecoveryUnit("event", events,
+                            lambda: training.generation_event(pool[int(rng.integers(len(pool)))], boundary=True))
 
 
 class BiDfTraining:

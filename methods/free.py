@@ -27,7 +27,7 @@ from dfmlbench.inversion.recovery import (RecoveredTask, RecoverySettings, can_r
                                          recover_task, recover_tasks_stacked)
 from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
-from dfmlbench.method import Method, RunContext
+from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
@@ -111,6 +111,16 @@ class Free(Method):
         except DamagedCheckpoint:  # its state may be half restored: start afresh
             training, first = FreeTraining(self.settings, pool, ctx), 1
         return training.run(first)
+
+
+    def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
+        """One post-warmup epoch's recoveries: b teachers drawn as an epoch draws them."""
+        training, s = FreeTraining(self.settings, pool, ctx), self.settings
+
+        def epoch() -> None:
+            training.recover([pool[int(i)] for i in training.rng.integers(0, len(pool), s["teachers_per_epoch"])],
+                             warmup=False)
+        return RecoveryUnit("epoch", s["epochs"], epoch)
 
 
 class DamagedCheckpoint(Exception):

@@ -20,7 +20,7 @@ from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.losses import BatchNormStatistics, total_variation
 from dfmlbench.learner import Learner
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_episodes_loss, maml_query_loss
-from dfmlbench.method import Method, RunContext
+from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.methods.average import average_state
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import Teacher, TeacherPool
@@ -104,6 +104,16 @@ class Purer(Method):
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
         return PurerTraining(self.settings, pool, ctx).run()
+
+    def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
+        """One pseudo-data update through the chosen teachers (the rare adversarial updates,
+        which add a MAML term, are left out)."""
+        training = PurerTraining(self.settings, pool, ctx)
+
+        def iteration() -> None:
+            with ctx.recovery():
+                training.invert(adversarial=False)
+        return RecoveryUnit("iteration", self.settings["iterations"], iteration)
 
 
 class PurerTraining:

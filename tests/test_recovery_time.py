@@ -5,7 +5,13 @@ import re
 
 import torch
 
+from dfmlbench.methods import METHODS
 from dfmlbench.recovery_time import PAPER_HOURS, main, measure, untrained_pool
+
+
+def test_the_methods_with_a_time_column_are_those_that_declare_a_recovery_unit():
+    from dfmlbench.recovery_time import recovering_methods
+    assert recovering_methods() == [n for n in METHODS.names() if METHODS.get(n).load().name in ("free", "purer", "bidf-mkd")]
 
 
 def test_untrained_pool_matches_the_paper_pool_shape():
@@ -41,7 +47,8 @@ def test_script_prints_hours_beside_the_paper_and_the_ratios(tmp_path, capsys):
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys):
-    for argv in (["--span", "0"], ["--sizes", "30"], ["--device", "bogus"], ["--methods", "nope"]):
+    for argv in (["--span", "0"], ["--sizes", "30"], ["--device", "bogus"], ["--methods", "nope"],
+                 ["--methods", "average"]):  # recovers no data: no Time column
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dfmlbench: error: "), err
