@@ -89,6 +89,8 @@ SETTINGS = [
     # Analysis settings, typed from the analysis function's keyword defaults.
     (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.num_images=abc"],
      ["analysis_settings.teacher-features.num_images='abc'", "an integer >= 1"]),
+    (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.split=tset"],
+     ["analysis_settings.teacher-features.split='tset' is not allowed", "one of train, val, test"]),
     (["run", "--suite", "fig4", "--profile", "smoke", "--set", "analysis_settings.teacher-features.images=3"],
      ["analysis 'teacher-features' has no setting 'images'", "did you mean 'num_images'?"]),
     # Episodes and teachers fit each dataset's declared facts (no file is read for these).
@@ -151,6 +153,13 @@ def test_bad_locations_stop_before_any_work(case, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     assert_one_line_error(call(*argv), *fragments)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_download_into_a_file_stops_before_fetching(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    assert_one_line_error(call("data", "download", "cifar-fs", "--data-root", a_file / "data"),
+                          "the download folder", "lies under the file")
 
 
 def test_a_suite_file_that_is_not_utf8(tmp_path):

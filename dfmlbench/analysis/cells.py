@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from dfmlbench.paths import save_npz_atomic
 from dfmlbench.pool import PoolSpec, obtain_pool
 from dfmlbench.records import environment, finished_record, write_record
 from dfmlbench.registry import Registry, did_you_mean
-from dfmlbench.schema import rule_from_default
+from dfmlbench.schema import choice, rule_from_default
 
 ANALYSES: Registry[Any] = Registry("analysis")
 ANALYSES.register("teacher-features", "dfmlbench.analysis.teacher_features:teacher_features",
@@ -63,15 +64,18 @@ RUNNER_ARGUMENTS = ("pool", "dataset", "seed", "device")
 
 
 def typed_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """An analysis's settings are its function's keyword arguments, typed from their defaults."""
-    parameters = inspect.signature(ANALYSES.get(name).load()).parameters
+    """An analysis's settings are its function's keyword arguments, typed from their defaults
+    (a `Literal[...]` annotation: one of its values)."""
+    function = ANALYSES.get(name).load()
+    parameters, hints = inspect.signature(function).parameters, typing.get_type_hints(function)
     defaults = {k: p.default for k, p in parameters.items()
                 if k not in RUNNER_ARGUMENTS and p.default is not inspect.Parameter.empty}
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise UserError(f"analysis '{name}' has no setting '{unknown[0]}': {did_you_mean(unknown[0], list(defaults))}")
     for key, value in settings.items():
-        rule = rule_from_default(key, defaults[key])
+        literal = typing.get_origin(hints.get(key)) is typing.Literal
+        rule = choice(typing.get_args(hints[key])) if literal else rule_from_default(key, defaults[key])
         if rule is not None:
             settings[key] = rule.apply(f"analysis_settings.{name}.{key}", value)
     return settings

@@ -9,6 +9,7 @@ This reads real images, so it is an analysis for a figure, never part of a DFML 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ class TeacherFeatures:
 
 
 def teacher_features(pool: TeacherPool, dataset: ImageDataset, *, num_teachers: int = 10,
-                     num_images: int = 10, split: str = "train", seed: int = 0,
+                     num_images: int = 10, split: Literal["train", "val", "test"] = "train", seed: int = 0,
                      device: torch.device | str = "cpu") -> TeacherFeatures:
     """Embed `num_images` seeded images of one seeded class of `split` with the pool's first
     `num_teachers` teachers, each in eval mode (BN running statistics, as teachers are used).

@@ -20,7 +20,7 @@ from dfmlbench.data.npz import one_line
 from dfmlbench.data.sources import (Survey, cached_arrays, class_split, image_dataset,
                                     labelled_images, source_key)
 from dfmlbench.errors import UserError
-from dfmlbench.paths import cache_dir, data_root_candidates
+from dfmlbench.paths import cache_dir, check_writable_folder, data_root_candidates
 
 NAME = "cifar-fs"
 BASE_FOLDER = "cifar-100-python"  # torchvision's CIFAR100.base_folder
@@ -156,6 +156,7 @@ def _download(data_root: str | None) -> Path:
     from torchvision.datasets import CIFAR100
 
     target = download_folder(data_root)
+    check_writable_folder(target, "the download folder")  # before any byte is fetched
     try:
         target.mkdir(parents=True, exist_ok=True)
         CIFAR100(str(target), train=True, download=True)
