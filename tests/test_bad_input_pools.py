@@ -25,6 +25,7 @@ from dfmlbench.errors import UserError
 from dfmlbench.models import build_model
 from dfmlbench.pool import PoolSpec, cache_folder, check_pool_source, load_pool, obtain_pool, planned_pool_key
 from dfmlbench.pool.store import MANIFEST
+from dfmlbench.records import cpu_model
 
 SPEC = PoolSpec(num_teachers=4, epochs=2)  # the tiny pool's spec (tests/conftest.py)
 FIX_FOLDER = "fix the pool folder"
@@ -301,13 +302,14 @@ def test_teachers_record_what_they_were_trained_on_and_a_different_thread_count_
     trained = [t["trained_on"] for t in manifest_of(pool.path)["teachers"]]
     assert [t["num_threads"] for t in trained] == [1, 2] and all(t["device"] == "cpu" for t in trained)
     assert all(t["device_name"] for t in trained)
-    line = (f"dfmlbench: note: pool {pool.path}: teacher 0 was trained on cpu with 1 thread(s), "
-            "this run uses cpu with 2 thread(s); results can differ in the last digits")
+    cpu = f"cpu ({cpu_model()})"  # the CPU type is named: it changes the last digits too
+    line = (f"dfmlbench: note: pool {pool.path}: teacher 0 was trained on {cpu} with 1 thread(s), "
+            f"this run uses {cpu} with 2 thread(s); results can differ in the last digits")
     assert len(err) == 1 and err[0].startswith(line), err
     assert pool.metadata["run_on"]["num_threads"] == 2 and pool.metadata["training_note"] in err[0]
     assert [t["num_threads"] for t in pool.metadata["teachers_trained_on"]] == [1, 2]
     note = again.metadata["training_note"]
-    assert "teacher 1 was trained on cpu with 2 thread(s), this run uses cpu with 1" in note
+    assert f"teacher 1 was trained on {cpu} with 2 thread(s), this run uses {cpu} with 1" in note
 
 
 def test_old_manifests_without_trained_on_load_quietly(tiny_pool, glyphs, tmp_path, monkeypatch, capsys):

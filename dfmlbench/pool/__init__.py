@@ -198,16 +198,19 @@ _NOTED: set[str] = set()  # notes already printed in this process (one per pool 
 
 
 def _training_setting(facts: Any) -> tuple[str, Any] | None:
-    """What makes weights differ in the last bits: the thread count on a CPU, the GPU model."""
+    """What makes weights differ in the last bits: the CPU model and thread count, the GPU model."""
     if not isinstance(facts, dict) or not facts.get("device"):
         return None
     kind = str(facts["device"]).split(":")[0]
-    return (kind, facts.get("device_name")) if kind == "cuda" else (kind, facts.get("num_threads"))
+    return (kind, facts.get("device_name") if kind == "cuda" else (facts.get("device_name"), facts.get("num_threads")))
 
 
 def _describe(setting: tuple[str, Any]) -> str:
     kind, detail = setting
-    return f"{kind} with {detail} thread(s)" if kind == "cpu" else f"{kind} ({detail})"
+    if kind == "cpu":
+        name, threads = detail
+        return f"cpu ({str(name).removeprefix('cpu: ').split(',')[0]}) with {threads} thread(s)"
+    return f"{kind} ({detail})"
 
 
 def _note_training(pool: TeacherPool) -> str | None:
