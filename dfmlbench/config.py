@@ -231,6 +231,8 @@ def _coerce_settings(config: dict[str, Any]) -> None:
     from dfmlbench.data import DATASETS
     from dfmlbench.data.facts import check_fit, declared_facts
     from dfmlbench.methods import METHODS
+    from dfmlbench.models import ARCHITECTURES
+    from dfmlbench.pool import MIXED
 
     for key, rule in GLOBAL_RULES.items():
         section, _, leaf = key.rpartition(".")
@@ -239,8 +241,6 @@ def _coerce_settings(config: dict[str, Any]) -> None:
     for registry, key in ((METHODS, "methods"), (DATASETS, "datasets"), (ANALYSES, "analyses")):
         for name in config[key]:
             registry.get(name)
-    from dfmlbench.models import ARCHITECTURES
-    from dfmlbench.pool import MIXED
     for key, allowed in (("pool.arch", (*ARCHITECTURES, MIXED)), ("learner.arch", ARCHITECTURES)):
         section, leaf = key.split(".")
         choice(allowed).apply(key, config[section][leaf])

@@ -98,9 +98,6 @@ def read_record(stem: Path) -> dict[str, Any] | None:
     return parse_record(stem.with_suffix(".json"))[0]
 
 
-COMPANIONS = {"per_episode_file": ".episodes.npy", "arrays_file": ".arrays.npz"}
-
-
 def finished_record(stem: Path, config_hash: str,
                     companion: str = "per_episode_file") -> tuple[dict[str, Any] | None, str | None]:
     """The finished record of a cell: (record, None); else (None, why the files there do not

@@ -293,7 +293,7 @@ def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
     for device in dict.fromkeys(c.config["runtime"]["device"] for c in cells):
         resolve_device(device)
     expected: dict[Path, Expected] = {}
-    checked: set[tuple[str, str]] = set()
+    pool_keys: dict[tuple[str, str], str] = {}  # (dataset, spec) -> planned key, each pool checked once
     for cell in cells:
         runtime = cell.config["runtime"]
         dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
@@ -302,10 +302,10 @@ def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
         check_fit(measured_facts(dataset), protocol["way"], cell.shot, protocol["query"],
                   spec.way if spec and not spec.path else None)
         if spec is not None:
-            if (cell.dataset, repr(spec)) not in checked:
+            if (cell.dataset, repr(spec)) not in pool_keys:
                 check_pool_source(dataset, spec)
-                checked.add((cell.dataset, repr(spec)))
-            key = planned_pool_key(dataset, spec)
+                pool_keys[cell.dataset, repr(spec)] = planned_pool_key(dataset, spec)
+            key = pool_keys[cell.dataset, repr(spec)]
         expected[cell_stem(out_dir, cell)] = Expected(dataset.fingerprint(), key)
     return expected
 

@@ -115,12 +115,9 @@ class Free(Method):
 
     def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
         """One post-warmup epoch's recoveries: b teachers drawn as an epoch draws them."""
-        training, s = FreeTraining(self.settings, pool, ctx), self.settings
-
-        def epoch() -> None:
-            training.recover([pool[int(i)] for i in training.rng.integers(0, len(pool), s["teachers_per_epoch"])],
-                             warmup=False)
-        return RecoveryUnit("epoch", s["epochs"], epoch)
+        training = FreeTraining(self.settings, pool, ctx)
+        return RecoveryUnit("epoch", self.settings["epochs"],
+                            lambda: training.recover(training.draw_teachers(), warmup=False))
 
 
 class DamagedCheckpoint(Exception):
@@ -181,7 +178,7 @@ class FreeTraining:
             bar.update(first - 1)
             for epoch in range(first, total + 1):
                 warmup = epoch <= s["warmup_epochs"]
-                teachers = [self.pool[int(i)] for i in self.rng.integers(0, len(self.pool), s["teachers_per_epoch"])]
+                teachers = self.draw_teachers()
                 tasks = self.recover(teachers, warmup)
                 if not warmup:
                     self.store(teachers, tasks)
@@ -198,6 +195,10 @@ class FreeTraining:
         self.save_recovered_grid(tasks)
         ctx.info.update(bank_images=len(self.bank), bank_classes=len(self.bank.ready_classes))
         return self.selection.finish("FREE")
+
+    def draw_teachers(self) -> list[Teacher]:
+        """An epoch's b teachers, drawn uniformly with replacement."""
+        return [self.pool[int(i)] for i in self.rng.integers(0, len(self.pool), self.s["teachers_per_epoch"])]
 
     # -- resumable checkpoints ------------------------------------------------------------------
 
