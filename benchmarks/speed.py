@@ -13,14 +13,12 @@ import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# Stacked/reference speed-up targets by device. On a GPU, issue 8's (one stacked kernel
-# replaces many small launches). On the 2-core development CPU both paths are bound by the
-# same convolution arithmetic and the stacked ones measured x0.8-1.3 (meta-test, 1-shot),
-# x0.4 (5-shot) and x0.73 (FREE epoch) against the loops (docs/performance.md), so there the
-# loops are the default and these targets only catch the stacked paths getting much slower.
+# Speed-up targets of the library's paths over the frozen pre-kernel baseline (baseline_paths.py,
+# today's CPU defaults): issue 14's. No GPU was lent to measure CUDA targets; there the
+# baseline is the same code on the device, so the CPU targets are not claimed for it.
 TARGETS = {
-    "cuda": {"meta-test 1-shot": 8.0, "meta-test 5-shot": 8.0, "FREE epoch": 3.0},
-    "cpu": {"meta-test 1-shot": 1.0, "meta-test 5-shot": 0.4, "FREE epoch": 0.7},
+    "cpu": {"meta-test 1-shot": 2.0, "meta-test 5-shot": 2.0, "FREE epoch": 2.0, "Conv4 step": 1.5},
+    "cuda": {"meta-test 1-shot": 1.0, "meta-test 5-shot": 1.0, "FREE epoch": 1.0, "Conv4 step": 1.0},
 }
 
 
@@ -49,14 +47,15 @@ def best_seconds(function: Callable[[], object], rounds: int) -> float:
     return min(times)
 
 
-def check_ratio(name: str, reference_seconds: float, batched_seconds: float, target: float,
+def check_ratio(name: str, baseline_seconds: float, library_seconds: float, target: float,
                 extra_info: dict) -> float:
-    ratio = reference_seconds / batched_seconds
-    extra_info.update({f"{name}_reference_seconds": reference_seconds,
-                       f"{name}_batched_seconds": batched_seconds,
+    """Print baseline / library (the speed-up), and fail below half its target (the CI guard)."""
+    ratio = baseline_seconds / library_seconds
+    extra_info.update({f"{name}_baseline_seconds": baseline_seconds,
+                       f"{name}_library_seconds": library_seconds,
                        f"{name}_speedup": ratio, f"{name}_target": target})
-    print(f"\n{name}: reference {reference_seconds:.3f} s, batched {batched_seconds:.3f} s, "
+    print(f"\n{name}: baseline {baseline_seconds:.3f} s, library {library_seconds:.3f} s, "
           f"speed-up x{ratio:.2f} (target x{target:g}, guard x{target / 2:g})")
-    assert ratio >= target / 2, (f"{name}: batched path only x{ratio:.2f} faster than the reference, "
+    assert ratio >= target / 2, (f"{name}: the library is only x{ratio:.2f} faster than the baseline, "
                                  f"below half the x{target:g} target")
     return ratio

@@ -6,6 +6,7 @@ and composes for second-order meta-gradients.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -19,6 +20,18 @@ Params = dict[str, torch.Tensor]
 def parameters_of(model: nn.Module) -> Params:
     """The model's learnable parameters as a detached dict (the starting point of adaptation)."""
     return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def frozen_copy(model: nn.Module, params: Params | None = None) -> nn.Module:
+    """A copy of `model` (with `params` loaded, if given) that no gradient reaches: a student
+    several tasks may call at once (a module call mutates nothing in a batch-statistics model,
+    where functional_call would swap the shared module's attributes)."""
+    copy_ = copy.deepcopy(model).requires_grad_(False)
+    if params is not None:
+        with torch.no_grad():
+            for name, param in copy_.named_parameters():
+                param.copy_(params[name])
+    return copy_
 
 
 def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:

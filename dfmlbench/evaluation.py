@@ -1,6 +1,6 @@
 """The shared meta-test: adapt on each episode's support, predict its query, keep per-episode
-accuracies. Many episodes at once (dfmlbench.stacked, or `vmap`); a plain one-episode loop is
-kept as the reference."""
+accuracies. The episodes are a task axis (dfmlbench.kernels); tests/oracles.py keeps a plain
+one-episode loop (module copy, torch.optim.SGD) that this path is tested against."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torch import nn
-from torch.func import vmap
 
-from dfmlbench import stacked
 from dfmlbench.adaptation import Params, forward, parameters_of, sgd_adapt
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.episodes import EpisodeSet
+from dfmlbench.kernels import PerThread, in_layout, task_map
 from dfmlbench.learner import Learner
 
 
@@ -78,10 +76,10 @@ def _accuracy(prediction: torch.Tensor, labels: torch.Tensor) -> float:
 
 def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
              protocol: AdaptProtocol = AdaptProtocol(), device: torch.device | str = "cpu",
-             chunk: int = 20, progress: object | None = None, stacked_path: bool | None = None) -> np.ndarray:
-    """Per-episode query accuracies in % (float64, one per episode), `chunk` episodes at a time
-    in one computation: dfmlbench.stacked for Conv4 meta-learners where it is the device's
-    default (`stacked_path=None`; a GPU), `vmap` adaptation otherwise.
+             chunk: int = 20, progress: object | None = None) -> np.ndarray:
+    """Per-episode query accuracies in % (float64, one per episode). Each episode adapts its own
+    copy of the initialisation on its support and predicts its query; `chunk` episodes at a
+    time form the task axis (dfmlbench.kernels decides how they run).
 
     BN normalises with the support batch while adapting and the query batch when predicting,
     the transductive protocol of every official baseline.
@@ -89,86 +87,30 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
     model = copy.deepcopy(learner.model).to(device)
     steps = protocol.steps if learner.adapt_steps is None else learner.adapt_steps
     shared_init = parameters_of(model)
+    modules = PerThread(lambda: copy.deepcopy(model))
+
+    def adapt_and_predict(episode: tuple[Params, torch.Tensor, torch.Tensor, torch.Tensor]
+                          ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        init, support, support_labels, query = episode
+        net = modules.get()
+        support, query = in_layout(support), in_layout(query)
+        with torch.no_grad():  # torch.func.grad inside still differentiates; no graph is kept
+            adapted = sgd_adapt(net, init, support, support_labels, steps, protocol.lr)
+            support_logits = forward(net, adapted, support) if learner.head_matching else None
+            return support_logits, forward(net, adapted, query)
 
     accuracies = np.empty(len(episodes), dtype=np.float64)
     for batch in episode_batches(dataset, episodes, chunk, device):
         count = len(batch.support)
-        if learner.init_for_episode is None:
-            params, params_dim = shared_init, None
-        else:
-            inits = [learner.init_for_episode(batch.first + i) for i in range(count)]
-            params = {k: torch.stack([p[k] for p in inits]).to(device) for k in shared_init}
-            params_dim = 0
-        use_stacked = stacked.batch_by_default(device) if stacked_path is None else stacked_path
-        if use_stacked and stacked.stackable(model):
-            support_logits, query_logits = _adapt_and_predict_stacked(
-                model, params if params_dim == 0 else stacked.stack(params, count), batch, steps, protocol.lr,
-                learner.head_matching)
-        else:
-            support_logits, query_logits = _adapt_and_predict_vmap(
-                model, params, params_dim, batch, steps, protocol.lr, learner.head_matching)
-        for i in range(count):
-            prediction = _predict(learner, support_logits[i] if support_logits is not None else None,
-                                  batch.support_labels[i], query_logits[i], episodes.way)
+        inits = ([shared_init] * count if learner.init_for_episode is None else  # drawn here, in order
+                 [{k: v.to(device) for k, v in learner.init_for_episode(batch.first + i).items()} for i in range(count)])
+        logits = task_map(adapt_and_predict, list(zip(inits, batch.support, batch.support_labels, batch.query)),
+                          device)
+        for i, (support_logits, query_logits) in enumerate(logits):
+            prediction = _predict(learner, support_logits, batch.support_labels[i], query_logits, episodes.way)
             accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
         if progress is not None:
             progress.update(count)
-    return accuracies
-
-
-def _adapt_and_predict_stacked(model: nn.Module, params: stacked.Stacked, batch: EpisodeBatch, steps: int,
-                               lr: float, support_too: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """All episodes of the batch adapted and predicted together (Conv4 meta-learners); the
-    support logits only when asked (head matching)."""
-    adapted = stacked.sgd(model, params, batch.support, batch.support_labels, steps, lr)  # type: ignore[arg-type]
-    with torch.no_grad():
-        support = stacked.forward(model, adapted, batch.support) if support_too else None  # type: ignore[arg-type]
-        return support, stacked.forward(model, adapted, batch.query)  # type: ignore[arg-type]
-
-
-def _adapt_and_predict_vmap(model: nn.Module, params: Params, params_dim: int | None, batch: EpisodeBatch,
-                            steps: int, lr: float, support_too: bool
-                            ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
-    """Any architecture: adaptation under `vmap`, prediction episode by episode (a plain batch
-    of queries runs dense kernels where vmap would need grouped convolutions)."""
-    def adapt(own: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
-        return sgd_adapt(model, own, xs, ys, steps, lr)
-
-    with torch.no_grad():  # torch.func.grad inside still differentiates; no graph is kept
-        adapted = vmap(adapt, in_dims=(params_dim, 0, 0))(params, batch.support, batch.support_labels)
-        support_logits, query_logits = [], []
-        for i in range(len(batch.support)):
-            own = {name: p[i] for name, p in adapted.items()}
-            if support_too:
-                support_logits.append(forward(model, own, batch.support[i]))
-            query_logits.append(forward(model, own, batch.query[i]))
-    return (support_logits if support_too else None), query_logits
-
-
-def evaluate_reference(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
-                       protocol: AdaptProtocol = AdaptProtocol(),
-                       device: torch.device | str = "cpu") -> np.ndarray:
-    """The plain path: one episode at a time, a module copy, torch.optim.SGD and backward().
-
-    Independent of `torch.func`, it is the ground truth the batched path is tested against.
-    """
-    steps = protocol.steps if learner.adapt_steps is None else learner.adapt_steps
-    accuracies = np.empty(len(episodes), dtype=np.float64)
-    for batch in episode_batches(dataset, episodes, 1, device):
-        model = copy.deepcopy(learner.model).to(device).train()
-        if learner.init_for_episode is not None:
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.copy_(learner.init_for_episode(batch.first)[name])
-        optimizer = torch.optim.SGD(model.parameters(), lr=protocol.lr)
-        xs, ys, xq = batch.support[0], batch.support_labels[0], batch.query[0]
-        for _ in range(steps):
-            optimizer.zero_grad()
-            F.cross_entropy(model(xs), ys).backward()
-            optimizer.step()
-        with torch.no_grad():
-            prediction = _predict(learner, model(xs), ys, model(xq), episodes.way)
-        accuracies[batch.first] = _accuracy(prediction, batch.query_labels[0])
     return accuracies
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfmlbench import stacked
 from dfmlbench.adaptation import Params, forward, sgd_adapt
 from dfmlbench.inversion.bank import BankTask, MemoryBank
+from dfmlbench.kernels import PerThread, in_layout, task_map
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,6 @@ class ReplaySettings:
     patience: int = 10  # stop after this many meta-batches without a new best train accuracy
     max_metabatches: int | None = None  # a cap for CPU budgets; None = official (unbounded)
     first_order: bool = False
-    # All tasks of a meta-batch in one computation (dfmlbench.stacked) when the learner is a
-    # batch-statistics Conv4; False = the one-task-at-a-time reference. Same gradient.
-    batched: bool = True
 
 
 @dataclass
@@ -52,40 +51,39 @@ def maml_query_loss(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xq: to
     return F.cross_entropy(logits, yq), accuracy
 
 
-def maml_task_loss(model: nn.Module, task: BankTask, normalize: Callable[[torch.Tensor], torch.Tensor],
-                   settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, float]:
-    """`maml_query_loss` on a task drawn from the bank (uint8-quantised images in [0, 1])."""
-    return maml_query_loss(model, normalize(task.support.to(device)), task.support_labels.to(device),
-                           normalize(task.query.to(device)), task.query_labels.to(device), settings)
-
-
 Episode = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (xs, ys, xq, yq), normalised
 
 
-def maml_episodes_loss(model: nn.Module, episodes: list[Episode], settings: ReplaySettings,
-                       ) -> tuple[torch.Tensor, list[float]]:
-    """`maml_query_loss` summed over episodes (the official summed meta-batch loss) and each
-    episode's query accuracy. All episodes adapt together (dfmlbench.stacked) when the learner
-    is a batch-statistics Conv4 and `settings.batched`; else one graph per episode, summed."""
-    same_shapes = len({tuple(t.shape for t in episode) for episode in episodes}) == 1
-    if not (settings.batched and same_shapes and stacked.stackable(model)):
-        losses, accuracies = zip(*(maml_query_loss(model, *episode, settings) for episode in episodes))
-        return torch.stack(list(losses)).sum(), list(accuracies)
-    xs, ys, xq, yq = (torch.stack(part) for part in zip(*episodes))
-    params = stacked.stack(dict(model.named_parameters()), len(episodes))
-    adapted = stacked.sgd(model, params, xs, ys, settings.inner_steps, settings.inner_lr,  # type: ignore[arg-type]
-                          settings.first_order)
-    logits = stacked.forward(model, adapted, xq)  # type: ignore[arg-type]
-    accuracies = (100.0 * (logits.argmax(-1) == yq).float().mean(dim=1)).tolist()
-    return stacked.task_losses(logits, yq).sum(), accuracies
+def bank_episodes(tasks: list[BankTask], normalize: Callable[[torch.Tensor], torch.Tensor],
+                  device: torch.device) -> list[Episode]:
+    """Tasks drawn from the bank (uint8-quantised images in [0, 1]) as normalised episodes."""
+    return [(normalize(t.support.to(device)), t.support_labels.to(device),
+             normalize(t.query.to(device)), t.query_labels.to(device)) for t in tasks]
 
 
-def maml_tasks_loss(model: nn.Module, tasks: list[BankTask], normalize: Callable[[torch.Tensor], torch.Tensor],
-                    settings: ReplaySettings, device: torch.device) -> tuple[torch.Tensor, list[float]]:
-    """`maml_episodes_loss` on tasks drawn from the bank (uint8-quantised images in [0, 1])."""
-    return maml_episodes_loss(model, [(normalize(t.support.to(device)), t.support_labels.to(device),
-                                       normalize(t.query.to(device)), t.query_labels.to(device))
-                                      for t in tasks], settings)
+def maml_meta_gradient(model: nn.Module, episodes: list[Episode], settings: ReplaySettings
+                       ) -> tuple[list[torch.Tensor], list[float]]:
+    """The gradient of the summed `maml_query_loss` over `episodes` w.r.t. the model's
+    parameters (the official summed meta-batch loss), one tensor per parameter, and each
+    episode's query accuracy. The episodes are a task axis (dfmlbench.kernels): each one's
+    gradient is taken on its own, and they are summed in episode order."""
+    params = dict(model.named_parameters())
+    modules = PerThread(lambda: copy.deepcopy(model))  # structure only: the parameters are `params`
+
+    def episode_gradient(episode: Episode) -> tuple[tuple[torch.Tensor, ...], float]:
+        xs, ys, xq, yq = episode
+        loss, accuracy = maml_query_loss(modules.get(), in_layout(xs), ys, in_layout(xq), yq, settings, params)
+        return torch.autograd.grad(loss, list(params.values())), accuracy
+
+    results = task_map(episode_gradient, episodes, next(model.parameters()).device)
+    summed = [torch.stack(parts).sum(0) for parts in zip(*(grads for grads, _ in results))]
+    return summed, [accuracy for _, accuracy in results]
+
+
+def add_gradients(model: nn.Module, gradients: list[torch.Tensor]) -> None:
+    """Accumulate `gradients` (one per parameter, in order) into the parameters' .grad."""
+    for param, grad in zip(model.parameters(), gradients):
+        param.grad = grad.clone() if param.grad is None else param.grad + grad
 
 
 def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
@@ -102,15 +100,8 @@ def replay(model: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank,
         optimizer.zero_grad(set_to_none=True)
         tasks = [bank.sample_task(settings.way, settings.shot, settings.query, rng)
                  for _ in range(settings.episode_batch)]
-        if settings.batched and stacked.stackable(model):
-            loss, batch_accuracy = maml_tasks_loss(model, tasks, normalize, settings, device)
-            loss.backward()
-        else:  # the reference: one graph at a time
-            batch_accuracy = []
-            for task in tasks:
-                loss, accuracy = maml_task_loss(model, task, normalize, settings, device)
-                loss.backward()  # gradients add up: the official summed loss, one graph at a time
-                batch_accuracy.append(accuracy)
+        gradients, batch_accuracy = maml_meta_gradient(model, bank_episodes(tasks, normalize, device), settings)
+        add_gradients(model, gradients)
         optimizer.step()
         metabatches += 1
         accuracies.append(float(np.mean(batch_accuracy)))

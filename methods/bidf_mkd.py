@@ -8,23 +8,24 @@ every other episode is MAML replay on bank tasks. Recovery time = the two recove
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from dfmlbench import stacked
-from dfmlbench.adaptation import Params, forward, sgd_steps
+from dfmlbench.adaptation import Params, forward, frozen_copy, sgd_steps
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.generator import Generator, reset_generator
 from dfmlbench.inversion.losses import kd_loss
-from dfmlbench.inversion.recovery import (RecoverySettings, StackedTeachers, interleaved_targets, recover_lowest_loss,
-                                         recover_lowest_loss_stacked)
+from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_lowest_loss
+from dfmlbench.kernels import PerThread, in_layout, task_generators, task_map
 from dfmlbench.learner import Learner
-from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_tasks_loss
+from dfmlbench.maml import PlateauTrigger, ReplaySettings, add_gradients, bank_episodes, maml_meta_gradient
 from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.schema import integer
@@ -78,18 +79,15 @@ class BiDfMKD(Method):
         rng = np.random.default_rng(0)
         events = math.ceil(s["meta_iterations"] / s["generate_interval"]) * s["episode_batch"]
         return RecoveryUnit("event", events,
-                            lambda: training.generation_event(pool[int(rng.integers(len(pool)))], boundary=True))
+                            lambda: training.generation_events([pool[int(rng.integers(len(pool)))]], boundary=True))
+
+
+Event = tuple[Teacher, torch.Generator]  # a generation event's teacher and its own random numbers
 
 
 class BiDfTraining:
-    """`batched`: an event meta-iteration's generation events (and replay meta-batches) as one
-    stacked computation where the architectures allow; False = the one-event reference loop;
-    None = the device's default (stacked on a GPU, loops on a CPU)."""
-
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool | None = None) -> None:
-        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
-        self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
+        self.s, self.pool, self.ctx = settings, pool, ctx
         self.device = ctx.device
         self.model = ctx.build_learner_model()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
@@ -100,7 +98,7 @@ class BiDfTraining:
         self.torch_rng = ctx.generator("bidf-torch")
         self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["inner_steps"],
                                               settings["inner_lr"], settings["episode_batch"],
-                                              first_order=settings["first_order"], batched=batched)
+                                              first_order=settings["first_order"])
         self.support_labels = interleaved_targets(ctx.way, settings["support_per_class"], self.device)
         self.query_labels = interleaved_targets(ctx.way, settings["query_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["meta_iterations"])
@@ -139,125 +137,82 @@ class BiDfTraining:
         accuracies: list[float] = []
         if event:
             teachers = [self.pool[int(self.rng.integers(len(self.pool)))] for _ in range(self.s["episode_batch"])]
-            boundary = iteration > self.s["adv_start"]
-            if self.can_stack(teachers):
-                self.generation_events_stacked(teachers, boundary).backward()
-            else:
-                for teacher in teachers:
-                    self.generation_event(teacher, boundary).backward()
+            gradients = self.generation_events(teachers, boundary=iteration > self.s["adv_start"])
         else:
             tasks = [self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
                      for _ in range(self.s["episode_batch"])]
-            loss, accuracies = maml_tasks_loss(self.model, tasks, self.augment.normalize,
-                                               self.replay_settings, self.device)
-            loss.backward()
+            episodes = bank_episodes(tasks, self.augment.normalize, self.device)
+            gradients, accuracies = maml_meta_gradient(self.model, episodes, self.replay_settings)
+        add_gradients(self.model, gradients)
         self.optimizer.step()
         accuracy = float(np.mean(accuracies)) if accuracies else float("nan")
         if accuracies:
             self.ctx.log("replay_accuracy", accuracy, iteration)
         return accuracy
 
-    def recover(self, teacher: Teacher, labels: torch.Tensor, student: Any, adv_weight: float) -> torch.Tensor:
-        """A freshly reset generator trained on one teacher; the timed part (the Time column)."""
-        settings = RecoverySettings(self.s["generator_iterations"], self.s["generator_lr"], self.s["generator_lr"],
-                                    adv_weight=adv_weight, adv_quirk=self.s["adv_quirk"])
-        with self.ctx.recovery():
-            reset_generator(self.generator, self.torch_rng)
-            return recover_lowest_loss(self.generator, teacher.model, labels, self.s["nz"], student,
-                                       self.augment, settings, self.torch_rng)
+    def recovery_settings(self, adv_weight: float) -> RecoverySettings:
+        return RecoverySettings(self.s["generator_iterations"], self.s["generator_lr"], self.s["generator_lr"],
+                                adv_weight=adv_weight, adv_quirk=self.s["adv_quirk"])
 
-    def kd_targets(self, teacher: Teacher, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = self.augment(images, self.torch_rng)
+    def recover(self, events: list[Event], labels: torch.Tensor, students: list[nn.Module | None],
+                adv_weight: float) -> list[torch.Tensor]:
+        """Each event's freshly reset generator trained on its teacher (against its student): the
+        timed part (the Time column), over the events as a task axis."""
+        settings = self.recovery_settings(adv_weight)
+
+        def recover_one(job: tuple[Event, nn.Module | None]) -> torch.Tensor:
+            (teacher, rng), student = job
+            generator = copy.deepcopy(self.generator)
+            reset_generator(generator, rng)
+            return recover_lowest_loss(generator, teacher.model, labels, self.s["nz"], student, self.augment,
+                                       settings, rng)
+        with self.ctx.recovery():
+            return task_map(recover_one, list(zip(events, students)), self.device)
+
+    def kd_targets(self, teacher: Teacher, images: torch.Tensor, rng: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        views = in_layout(self.augment(images, rng))
         with torch.no_grad():
             return views, teacher.model(views)
 
-    def generation_event(self, teacher: Teacher, boundary: bool) -> torch.Tensor:
-        """Support recovery, inner KD, boundary-query recovery, outer KD (the episode's loss)."""
+    def generation_events(self, teachers: list[Teacher], boundary: bool) -> list[torch.Tensor]:
+        """Support recovery, inner KD, boundary-query recovery and outer KD for each teacher (an
+        event each, with its own generator, `task_generators`), as a task axis in four phases so
+        that only the recoveries are timed. Returns the gradient of the summed outer KD losses
+        w.r.t. the meta-learner's parameters (one tensor per parameter); both recovered sets of
+        every event enter the bank."""
         s = self.s
-        self.events += 1
-        support = self.recover(teacher, self.support_labels, None, 0.0)
-        views, targets = self.kd_targets(teacher, support)
-        adapted = self.adapt_by_kd(views, targets)
-        frozen = {name: p.detach() for name, p in adapted.items()}
-        student = (lambda x: forward(self.model, frozen, x)) if boundary else None
-        query = self.recover(teacher, self.query_labels, student, s["adv_weight"] if boundary else 0.0)
-        query_views, query_targets = self.kd_targets(teacher, query)
-        loss = kd_loss(forward(self.model, adapted, query_views), query_targets, s["kd_quirk"])
-        for images, labels in ((support, self.support_labels), (query, self.query_labels)):
-            self.bank.add_task(teacher.class_ids, images, labels)
-        self.last_support = support
-        return loss
+        self.events += len(teachers)
+        events = list(zip(teachers, task_generators(self.torch_rng, len(teachers))))
+        params = dict(self.model.named_parameters())
+        modules = PerThread(lambda: copy.deepcopy(self.model))  # structure only: the parameters are `params`
+        supports = self.recover(events, self.support_labels, [None] * len(events), 0.0)
 
-    def can_stack(self, teachers: list[Teacher]) -> bool:
-        models = [t.model for t in teachers]
-        return (self.batched and stacked.stackable(self.model)
-                and len({tuple(p.shape for p in m.parameters()) for m in models}) == 1
-                and all(stacked.stackable_teacher(m) for m in models))
+        def adapt(job: tuple[Event, torch.Tensor]) -> Params:
+            (teacher, rng), support = job
+            views, targets = self.kd_targets(teacher, support, rng)
+            return self.adapt_by_kd(modules.get(), params, views, targets)
+        adapted = task_map(adapt, list(zip(events, supports)), self.device)
+        students = [frozen_copy(self.model, a) if boundary else None for a in adapted]
+        queries = self.recover(events, self.query_labels, students, s["adv_weight"] if boundary else 0.0)
 
-    def fresh_generators(self, count: int) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """Reset generator weights and latent codes for `count` events, support then query for
-        each, drawn in the order the one-event loop draws them."""
-        inits, codes = [], []
-        for _ in range(count):
-            for labels in (self.support_labels, self.query_labels):
-                reset_generator(self.generator, self.torch_rng)
-                inits.append({n: p.detach().clone() for n, p in self.generator.named_parameters()})
-                codes.append(torch.randn(len(labels), self.s["nz"], generator=self.torch_rng)
-                             .to(self.device, inits[-1]["project.weight"].dtype))
-        return inits, codes
-
-    def generation_events_stacked(self, teachers: list[Teacher], boundary: bool) -> torch.Tensor:
-        """`generation_event` for each teacher, all at once (stacked generators, teachers and
-        adapted students); returns the summed outer KD loss."""
-        s, count = self.s, len(teachers)
-        self.events += count
-        inits, codes = self.fresh_generators(count)
-
-        def stacked_init(phase: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            chosen = inits[phase::2]
-            return ({n: torch.stack([c[n] for c in chosen]) for n in chosen[0]}, torch.stack(codes[phase::2]))
-
-        group = StackedTeachers.of([t.model for t in teachers])
-        settings = RecoverySettings(s["generator_iterations"], s["generator_lr"], s["generator_lr"],
-                                    adv_weight=0.0, adv_quirk=s["adv_quirk"])
-        with self.ctx.recovery():
-            support = recover_lowest_loss_stacked(self.generator, *stacked_init(0), self.support_labels, group,
-                                                  self.augment, settings, self.torch_rng)
-        views, targets = self.stacked_kd_targets(group, support)
-        adapted = stacked.sgd_steps(
-            lambda p: self.kd_losses(stacked.forward(self.model, p, views), targets),  # type: ignore[arg-type]
-            stacked.stack(dict(self.model.named_parameters()), count), s["kd_inner_steps"], s["inner_lr"],
-            s["first_order"])
-        frozen = {n: p.detach() for n, p in adapted.items()}
-        query_group = group.with_student(self.model, frozen) if boundary else group
-        settings = RecoverySettings(s["generator_iterations"], s["generator_lr"], s["generator_lr"],
-                                    adv_weight=s["adv_weight"] if boundary else 0.0, adv_quirk=s["adv_quirk"])
-        with self.ctx.recovery():
-            query = recover_lowest_loss_stacked(self.generator, *stacked_init(1), self.query_labels, query_group,
-                                                self.augment, settings, self.torch_rng)
-        query_views, query_targets = self.stacked_kd_targets(group, query)
-        loss = self.kd_losses(stacked.forward(self.model, adapted, query_views), query_targets).sum()  # type: ignore[arg-type]
-        for t, teacher in enumerate(teachers):
-            for images, labels in ((support[t], self.support_labels), (query[t], self.query_labels)):
+        def outer_gradient(job: tuple[Event, torch.Tensor, Params]) -> tuple[torch.Tensor, ...]:
+            (teacher, rng), query, own = job
+            views, targets = self.kd_targets(teacher, query, rng)
+            loss = kd_loss(forward(modules.get(), own, views), targets, s["kd_quirk"])
+            return torch.autograd.grad(loss, list(params.values()))
+        gradients = task_map(outer_gradient, list(zip(events, queries, adapted)), self.device)
+        for teacher, support, query in zip(teachers, supports, queries):
+            for images, labels in ((support, self.support_labels), (query, self.query_labels)):
                 self.bank.add_task(teacher.class_ids, images, labels)
-        self.last_support = support[-1]
-        return loss
+        self.last_support = supports[-1]
+        return [torch.stack(parts).sum(0) for parts in zip(*gradients)]
 
-    def stacked_kd_targets(self, group: StackedTeachers, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = torch.stack([self.augment(batch, self.torch_rng) for batch in images])
-        with torch.no_grad():
-            return views, stacked.forward(group.model, group.params, views, group.buffers)  # type: ignore[arg-type]
-
-    def kd_losses(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """Each event's KD loss, (T,)."""
-        return torch.stack([kd_loss(s, t, self.s["kd_quirk"]) for s, t in zip(student_logits, teacher_logits)])
-
-    def adapt_by_kd(self, views: torch.Tensor, targets: torch.Tensor) -> Params:
+    def adapt_by_kd(self, model: nn.Module, params: Params, views: torch.Tensor, targets: torch.Tensor) -> Params:
         """Inner-level KD: SGD steps from theta on KD(teacher || student) over the support views,
         differentiable w.r.t. theta (second order unless `first_order`)."""
         s = self.s
-        params = dict(self.model.named_parameters())
-        return sgd_steps(lambda p: kd_loss(forward(self.model, p, views), targets, s["kd_quirk"]),
+        return sgd_steps(lambda p: kd_loss(forward(model, p, views), targets, s["kd_quirk"]),
                          params, s["kd_inner_steps"], s["inner_lr"], s["first_order"])
 
     def save_recovered_grid(self) -> None:

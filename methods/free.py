@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfmlbench import stacked
-from dfmlbench.adaptation import forward, parameters_of
+from dfmlbench.adaptation import frozen_copy
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.generator import Generator
 from dfmlbench.inversion.losses import kd_loss
-from dfmlbench.inversion.recovery import (RecoveredTask, RecoverySettings, can_recover_stacked, interleaved_targets,
-                                         recover_task, recover_tasks_stacked)
+from dfmlbench.inversion.recovery import (RecoveredTask, RecoverySettings, interleaved_targets, recover_task,
+                                         recover_tasks)
+from dfmlbench.kernels import in_layout, task_generators
 from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RecoveryUnit, RunContext
@@ -125,17 +125,10 @@ class DamagedCheckpoint(Exception):
 
 
 class FreeTraining:
-    """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs.
+    """One FREE run: the state (meta-learner, meta-generator, bank, optimisers) and its epochs."""
 
-    `batched`: the b recoveries and each replay meta-batch run as one stacked computation where
-    the architectures allow (dfmlbench.stacked); False = the one-at-a-time reference paths; None =
-    the device's default (stacked.batch_by_default: stacked on a GPU, loops on a CPU). Not a setting: both paths compute the same algorithm.
-    """
-
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool | None = None) -> None:
-        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
-        self.s, self.pool, self.ctx, self.batched = settings, pool, ctx, batched
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
+        self.s, self.pool, self.ctx = settings, pool, ctx
         self.device = ctx.device
         self.model = ctx.build_learner_model()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
@@ -157,7 +150,7 @@ class FreeTraining:
         self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["replay_inner_steps"],
                                               settings["replay_inner_lr"], settings["replay_episode_batch"],
                                               settings["replay_patience"], settings["replay_max_metabatches"],
-                                              settings["replay_first_order"], self.batched)
+                                              settings["replay_first_order"])
         self.labels = interleaved_targets(ctx.way, settings["images_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["epochs"])
 
@@ -260,34 +253,23 @@ class FreeTraining:
         self.selection.best_val, self.selection.best_state = state["best_val"], state["best_state"] or None
         return state["epoch"] + 1
 
-    def student(self) -> Any:
-        """The base meta-learner theta, detached (D9: never an adapted copy)."""
-        params = parameters_of(self.model)
-        return lambda x: forward(self.model, params, x)
-
     def recover(self, teachers: list[Teacher], warmup: bool) -> list[RecoveredTask]:
-        """FIVE (meta) or the sequential generator; only this is the paper's Time column."""
-        student = None if warmup else self.student()
+        """FIVE (meta: each teacher adapts its own copy of the meta-generator, a task axis) or the
+        sequential generator (each teacher continues from the last); only this is the paper's
+        Time column. The student is the base meta-learner theta, detached (D9: never an adapted
+        copy); each recovery draws from its own generator (kernels.task_generators)."""
+        student = None if warmup else frozen_copy(self.model)
+        rngs = task_generators(self.torch_rng, len(teachers))
         meta = self.s["generator"] == "meta"
-        models = [t.model for t in teachers]
-        if meta and self.batched and can_recover_stacked(self.generator, models, self.recovery, self.model):
-            with self.ctx.recovery() if not warmup else nullcontext():
-                tasks = recover_tasks_stacked(self.generator, models, self.labels, self.s["nz"],
-                                              None if warmup else self.model, self.augment,
-                                              self.recovery, self.torch_rng)
-            self.meta_update([task.meta_gradient for task in tasks])
-            return tasks
-        tasks, gradients = [], []
-        for teacher in teachers:
-            with self.ctx.recovery() if not warmup else nullcontext():  # warmup is not timed
-                fast = copy.deepcopy(self.generator) if meta else self.generator
-                task = recover_task(fast, teacher.model, self.labels, self.s["nz"], student,
-                                    self.augment, self.recovery, self.torch_rng, meta_gradient=meta)
-            tasks.append(task)
+        with self.ctx.recovery() if not warmup else nullcontext():  # warmup is not timed
             if meta:
-                gradients.append(task.meta_gradient)
+                jobs = [(copy.deepcopy(self.generator), t.model, rng) for t, rng in zip(teachers, rngs)]
+                tasks = recover_tasks(jobs, self.labels, self.s["nz"], student, self.augment, self.recovery)
+            else:
+                tasks = [recover_task(self.generator, t.model, self.labels, self.s["nz"], student, self.augment,
+                                      self.recovery, rng, meta_gradient=False) for t, rng in zip(teachers, rngs)]
         if meta:
-            self.meta_update(gradients)
+            self.meta_update([task.meta_gradient for task in tasks])
         return tasks
 
     def meta_update(self, gradients: list[dict[str, torch.Tensor]]) -> None:
@@ -312,7 +294,7 @@ class FreeTraining:
         if self.s["learner"] == "none":
             return
         # One augmentation draw for all b tasks, as the official code (main.py:246).
-        views = self.augment(torch.stack([t.images for t in tasks]), self.torch_rng)
+        views = [in_layout(v) for v in self.augment(torch.stack([t.images for t in tasks]), self.torch_rng)]
         with torch.no_grad():
             targets = [t.model(v) for t, v in zip(teachers, views)]
         self.ctx.log("grad_inner_product", self.gradient_inner_product(views, targets), epoch)
@@ -334,7 +316,7 @@ class FreeTraining:
             param.grad = self.s["reptile_scale"] * (param.detach() - adapted.detach())
         self.bell_optimizer.step()
 
-    def gradient_inner_product(self, views: torch.Tensor, targets: list[torch.Tensor]) -> float:
+    def gradient_inner_product(self, views: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
         """Mean pairwise <grad KD_i, grad KD_j> at theta over the b tasks (Fig. 5)."""
         params = [p for p in self.model.parameters()]
         flat = []

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfmlbench import stacked
 from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import random_roll
 from dfmlbench.inversion.grid import save_task_grid
 from dfmlbench.inversion.losses import BatchNormStatistics, total_variation
 from dfmlbench.learner import Learner
-from dfmlbench.maml import PlateauTrigger, ReplaySettings, maml_episodes_loss, maml_query_loss
+from dfmlbench.kernels import in_layout, task_generators, task_map
+from dfmlbench.maml import PlateauTrigger, ReplaySettings, add_gradients, maml_meta_gradient, maml_query_loss
 from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.methods.average import average_state
 from dfmlbench.models import copy_parameters
@@ -117,14 +117,7 @@ class Purer(Method):
 
 
 class PurerTraining:
-    """`batched`: the chosen teachers' losses (and the meta-step's episodes) as one stacked
-    computation where the architectures allow; False = the per-teacher reference loop;
-    None = the device's default (stacked on a GPU, loops on a CPU)."""
-
-    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext,
-                 batched: bool | None = None) -> None:
-        batched = stacked.batch_by_default(ctx.device) if batched is None else batched
-        self.batched = batched
+    def __init__(self, settings: dict[str, Any], pool: TeacherPool, ctx: RunContext) -> None:
         self.s, self.pool, self.ctx = settings, pool, ctx
         classes = sorted({c for t in pool for c in t.class_ids})
         if len(classes) < ctx.way:
@@ -139,7 +132,7 @@ class PurerTraining:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
         self.maml = ReplaySettings(ctx.way, ctx.shot, settings["query"], settings["inner_steps"],
                                    settings["inner_lr"], settings["episode_batch"],
-                                   first_order=settings["first_order"], batched=batched)
+                                   first_order=settings["first_order"])
         self.rng = np.random.default_rng(ctx.generator("purer-numpy").initial_seed())
         self.torch_rng = ctx.generator("purer-torch")
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["iterations"])
@@ -167,53 +160,45 @@ class PurerTraining:
         self.save_pseudo_grid()
         return self.selection.finish("PURER")
 
-    def teacher_loss(self, teacher: Teacher) -> torch.Tensor:
+    def teacher_loss(self, teacher: Teacher, rng: torch.Generator) -> torch.Tensor:
         """DeepInversion loss of one teacher on its classes' pseudo images (jittered)."""
         s = self.s
         x, y = self.data.teacher_batch(teacher)
-        x = random_roll(x, s["jitter"], self.torch_rng)
+        x = in_layout(random_roll(x, s["jitter"], rng))
         with BatchNormStatistics(teacher.model) as statistics:
             logits = teacher.model(x)
         return (F.cross_entropy(logits, y) + s["tv_weight"] * total_variation(x)
                 + s["bn_weight"] * statistics.total() + s["l2_weight"] * torch.linalg.vector_norm(x))
 
-    def teacher_losses_stacked(self, teachers: list[Teacher]) -> torch.Tensor:
-        """`teacher_loss` of each teacher, (T,), the teachers run as one stacked Conv4 (their
-        jitter drawn in the same order as the loop draws them)."""
-        s = self.s
-        batches = [self.data.teacher_batch(t) for t in teachers]
-        x = torch.stack([random_roll(images, s["jitter"], self.torch_rng) for images, _ in batches])
-        y = torch.stack([labels for _, labels in batches])
-        params, buffers = stacked.stack_modules([t.model for t in teachers])
-        gaps: list[torch.Tensor] = []
-        logits = stacked.forward(teachers[0].model, params, x, buffers, gaps)  # type: ignore[arg-type]
-        tv = torch.stack([total_variation(images) for images in x])
-        l2 = torch.linalg.vector_norm(x.flatten(1), dim=1)
-        return (stacked.task_losses(logits, y) + s["tv_weight"] * tv
-                + s["bn_weight"] * torch.stack(gaps).sum(0) + s["l2_weight"] * l2)
-
-    def teacher_losses(self, teachers: list[Teacher]) -> list[torch.Tensor] | torch.Tensor:
-        models = [t.model for t in teachers]
-        same_shape = len({tuple(p.shape for p in m.parameters()) for m in models}) == 1
-        if self.batched and same_shape and all(stacked.stackable_teacher(m) for m in models):
-            return self.teacher_losses_stacked(teachers)
-        return [self.teacher_loss(t) for t in teachers]
-
     def invert(self, adversarial: bool) -> float:
-        """Steps 1-3: candidate teachers, their summed loss (+ the adversarial term), one Adam step."""
+        """Steps 1-3: candidate teachers, their summed loss (+ the adversarial term), one Adam step.
+        The chosen teachers are a task axis (dfmlbench.kernels): each one's pixel gradient is
+        taken on its own (its jitter from its own generator) and they are summed in order."""
         s = self.s
         count = min(s["candidate_teachers"], len(self.pool))
         chosen = [self.pool[int(i)] for i in self.rng.choice(len(self.pool), size=count, replace=False)]
         # PU1: the official running cumulative sum weights the j-th teacher (count - j).
         weights = [count - j if s["loss_quirk"] else 1 for j in range(count)]
+
+        def weighted_gradient(job: tuple[Teacher, int, torch.Generator]) -> tuple[float, torch.Tensor]:
+            teacher, weight, rng = job
+            loss = weight * self.teacher_loss(teacher, rng)
+            return float(loss.detach()), torch.autograd.grad(loss, self.data.images)[0]
+
+        jobs = list(zip(chosen, weights, task_generators(self.torch_rng, count)))
+        results = task_map(weighted_gradient, jobs, self.ctx.device)
         self.pixel_optimizer.zero_grad(set_to_none=True)
-        loss = sum(w * term for w, term in zip(weights, self.teacher_losses(chosen)))
+        total = sum(loss for loss, _ in results)
         if adversarial:
-            loss = loss - s["adv_weight"] * self.adversarial_loss()
+            loss = -s["adv_weight"] * self.adversarial_loss()
+            loss.backward()
+            total += float(loss.detach())
             self.adversarial_tasks += 1
-        loss.backward()
+        gradient = torch.stack([grad for _, grad in results]).sum(0)
+        images = self.data.images
+        images.grad = gradient if images.grad is None else images.grad + gradient
         self.pixel_optimizer.step()
-        return float(loss.detach())
+        return total
 
     def adversarial_loss(self) -> torch.Tensor:
         """The meta-learner's MAML query loss on a pseudo task, differentiable w.r.t. the pixels
@@ -229,8 +214,8 @@ class PurerTraining:
         ordered = self.s["episode_split"] == "ordered"
         episodes = [self.data.episode(self.ctx.way, self.ctx.shot, self.rng, ordered, detach=True)
                     for _ in range(self.s["episode_batch"])]
-        loss, accuracies = maml_episodes_loss(self.model, episodes, self.maml)
-        loss.backward()
+        gradients, accuracies = maml_meta_gradient(self.model, episodes, self.maml)
+        add_gradients(self.model, gradients)
         self.optimizer.step()
         return float(np.mean(accuracies))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfmlbench.kernels import in_layout
+
 
 class Generator(nn.Module):
     """z (nz) -> image in [0, 1] (channels x size x size).
@@ -36,7 +38,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project(z).view(len(z), -1, self.init_size, self.init_size)
-        return self.body(x)
+        return self.body(in_layout(x))
 
 
 def reset_generator(generator: nn.Module, rng: torch.Generator | None = None) -> None:

@@ -6,6 +6,8 @@ The official FREE and BiDf-MKD pass probabilities where `F.kl_div` expects log-p
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -48,14 +50,20 @@ class BatchNormStatistics:
         with BatchNormStatistics(teacher) as bn:
             logits = teacher(x)
         loss = loss + weight * bn.total()
+
+    Only the thread that entered the block is recorded: tasks running on other threads may
+    use the same teacher at the same time (dfmlbench.kernels).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
+        self.thread = threading.get_ident()
         self.terms: list[torch.Tensor] = []
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _record(self, module: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
         x = inputs[0]
         mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
         self.terms.append(torch.linalg.vector_norm(mean - module.running_mean)

@@ -1,0 +1,104 @@
+"""How a task axis is computed on the device at hand: the one place that decides it.
+
+Every repeated computation in the library (the meta-test's episodes, FIVE's b recoveries,
+PURER's chosen teachers, BiDf-MKD's generation events, a MAML meta-batch) is written once, as
+a function of one task, and handed to `task_map(fn, tasks)`. That function draws no random
+numbers from a shared generator (each task gets its own, `task_generators`), uses only its own
+modules (or read-only shared ones), and calls no functional_call on a module another task
+uses (functional_call swaps the module's attributes), so any schedule gives the same numbers.
+
+Kernels:
+- "threads" (the CPU default with two or more intra-op threads): the tasks run on a pool of
+  worker threads, one per intra-op thread, each computing its task with one thread. Small
+  Conv4 tasks are dominated by per-operation cost and scale poorly inside an operation;
+  across tasks they scale with the cores (measured, docs/performance.md).
+- "loop" (CUDA, or a CPU with one thread): the tasks in order on the calling thread. On CUDA
+  their kernels queue asynchronously on one stream.
+
+Both kernels compute each task identically but for the intra-op thread count, which only
+changes float rounding. `DFMLBENCH_TASK_KERNEL=loop|threads` forces a kernel (tests and
+benchmarks compare them). The layout is decided here too: channels-last on CPUs, where
+oneDNN's convolutions, pooling and nearest upsampling are 1.3-8x faster in it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+Task = TypeVar("Task")
+Result = TypeVar("Result")
+KERNELS = ("threads", "loop")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def kernel_for(device: torch.device | str) -> str:
+    """The kernel for `device`: "threads" on a CPU with >= 2 intra-op threads, else "loop"."""
+    forced = os.environ.get("DFMLBENCH_TASK_KERNEL")
+    if forced:
+        if forced not in KERNELS:
+            raise ValueError(f"DFMLBENCH_TASK_KERNEL={forced!r}: choose one of {', '.join(KERNELS)}")
+        return forced
+    if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2:
+        return "threads"
+    return "loop"
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The worker pool, made once per process with one worker per intra-op thread."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix="dfmlbench-task",
+                                       initializer=torch.set_num_threads, initargs=(1,))
+        return _pool
+
+
+def task_map(fn: Callable[[Task], Result], tasks: Sequence[Task], device: torch.device | str) -> list[Result]:
+    """[fn(task) for task in tasks], computed by `kernel_for(device)`, results in task order.
+    The caller's autograd mode holds inside `fn` on every kernel (it is per thread in torch)."""
+    tasks = list(tasks)
+    if kernel_for(device) == "loop" or len(tasks) < 2:
+        return [fn(task) for task in tasks]
+    grad_enabled = torch.is_grad_enabled()
+
+    def run(task: Task) -> Result:
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(task)
+    return list(_workers().map(run, tasks))
+
+
+def task_generators(rng: torch.Generator, count: int) -> list[torch.Generator]:
+    """`count` generators seeded from `rng` in task order: task t draws the same numbers
+    whichever kernel runs it and whenever it runs."""
+    seeds = torch.randint(0, 2**62, (count,), generator=rng).tolist()
+    return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+
+def preferred_layout(device: torch.device | str) -> torch.memory_format:
+    """Channels-last on a CPU; contiguous (NCHW) elsewhere, where it is untested here."""
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+def in_layout(images: torch.Tensor) -> torch.Tensor:
+    """4-D images in their device's preferred layout (convolutions keep it downstream)."""
+    return images.contiguous(memory_format=preferred_layout(images.device)) if images.dim() == 4 else images
+
+
+class PerThread:
+    """One `factory()` result per thread that asks for it: a task that runs a shared module
+    through functional_call needs a module of its own (functional_call swaps its attributes)."""
+
+    def __init__(self, factory: Callable[[], Result]) -> None:
+        self._factory, self._local = factory, threading.local()
+
+    def get(self) -> Result:
+        value = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = self._factory()
+        return value
