@@ -3,11 +3,12 @@ import torch
 
 from dfmlbench.adaptation import parameters_of, sgd_adapt
 from dfmlbench.episodes import make_episodes
-from dfmlbench.evaluation import AdaptProtocol, evaluate, evaluate_reference
+from dfmlbench.evaluation import AdaptProtocol, evaluate
 from dfmlbench.learner import Learner
 from dfmlbench.models import build_model, copy_parameters
 from dfmlbench.stats import paired_test, summarize
 from numerics import Float64Images, assert_same_meta_test
+from oracles import evaluate_reference
 
 
 def learner_from(pool_teacher=None, seed=0):
@@ -18,14 +19,14 @@ def learner_from(pool_teacher=None, seed=0):
     return Learner(model)
 
 
-def test_batched_evaluation_equals_one_episode_at_a_time(glyphs, tiny_pool, monkeypatch):
+def test_evaluation_of_a_teacher_init_equals_one_episode_at_a_time(glyphs, tiny_pool, monkeypatch):
     episodes = make_episodes(glyphs, "test", 5, 1, 15, 12, seed=3)
     learner, data = learner_from(tiny_pool[0]), Float64Images(glyphs)
     learner.model.double()
-    batched = assert_same_meta_test(
+    accuracies = assert_same_meta_test(
         monkeypatch, lambda: evaluate(learner, data, episodes, AdaptProtocol(10, 0.01), chunk=5),
         lambda: evaluate_reference(learner, data, episodes, AdaptProtocol(10, 0.01)))
-    assert batched.shape == (12,)
+    assert accuracies.shape == (12,)
 
 
 def test_chunking_does_not_change_results(glyphs, monkeypatch):

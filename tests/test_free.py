@@ -1,7 +1,5 @@
 """FREE's algorithm, checked step by step on tiny settings (a few seconds)."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -55,11 +53,11 @@ def test_meta_gradient_is_the_gradient_at_the_adapted_parameters(tiny_pool):
         torch.testing.assert_close(task.meta_gradient[name], param.grad)
 
 
-def make_training(tiny_pool, tmp_path, batched=True, **settings):
+def make_training(tiny_pool, tmp_path, **settings):
     method = create_method(settings.pop("name", "free"), {**TINY, **settings})
     ctx = RunContext(torch.device("cpu"), 0, method.settings, "conv4", 32, 3, 5, 1, tmp_path,
                      validator=lambda learner: 0.0)
-    return FreeTraining(method.settings, tiny_pool, ctx, batched)
+    return FreeTraining(method.settings, tiny_pool, ctx)
 
 
 def kd_forward_weights(training, monkeypatch):
@@ -91,61 +89,25 @@ def test_erm_takes_every_gradient_at_theta(tiny_pool, tmp_path, monkeypatch):
 def test_student_given_to_five_is_the_base_meta_learner(tiny_pool, tmp_path, monkeypatch):
     from dfmlbench.methods import free as free_module
     x = torch.randn(10, 3, 32, 32)
-    # the one-teacher-at-a-time path gets a function of the detached base parameters
-    training = make_training(tiny_pool, tmp_path, batched=False)
+    training = make_training(tiny_pool, tmp_path)
     captured = []
-    original = free_module.recover_task
-    monkeypatch.setattr(free_module, "recover_task",
-                        lambda *args, **kw: captured.append(args[4]) or original(*args, **kw))
-    training.recover([tiny_pool[0]], warmup=False)
-    torch.testing.assert_close(captured[0](x), training.model(x))
+    original = free_module.recover_tasks
+    monkeypatch.setattr(free_module, "recover_tasks",
+                        lambda *args, **kw: captured.append(args[3]) or original(*args, **kw))
+    training.recover([tiny_pool[0], tiny_pool[1]], warmup=False)
+    student = captured[0]
+    assert student is not training.model and not any(p.requires_grad for p in student.parameters())
+    torch.testing.assert_close(student(x), training.model(x))  # theta before this epoch's updates
     training.recover([tiny_pool[0]], warmup=True)
     assert captured[1] is None  # warmup: CE only
-    # the stacked path gets the base meta-learner module itself (it detaches its parameters)
-    training = make_training(tiny_pool, tmp_path / "stacked")
-    stacked_students = []
-    original_stacked = free_module.recover_tasks_stacked
-    monkeypatch.setattr(free_module, "recover_tasks_stacked",
-                        lambda *args, **kw: stacked_students.append(args[4]) or original_stacked(*args, **kw))
-    training.recover([tiny_pool[0], tiny_pool[1]], warmup=False)
-    training.recover([tiny_pool[0], tiny_pool[1]], warmup=True)
-    assert stacked_students == [training.model, None]
 
 
-def test_stacked_recovery_equals_one_teacher_at_a_time(tiny_pool):
-    """FIVE's b recoveries batched: the same images and meta-gradients as b copies of the
-    generator adapted in turn (with an augmentation that draws nothing, so both paths draw
-    the same latent codes)."""
-    from dfmlbench.inversion.recovery import can_recover_stacked, recover_tasks_stacked
-
-    class NormalizeOnly(GeneratedImageAugment):
-        def __call__(self, images, rng=None):
-            return self.normalize(images)
-
-    from dfmlbench.models import build_model
-    # float64: in float32, Adam's sign-like first steps turn rounding in near-zero gradient
-    # entries into different updates (1% of entries differ by ~1e-5); in float64 they agree.
-    teachers = [copy.deepcopy(tiny_pool[i].model).double() for i in range(3)]
-    student = build_model("conv4", batch_stat_bn=True, generator=torch.Generator().manual_seed(5)).double()
-    labels = interleaved_targets(5, 4, torch.device("cpu"))
-    augment = NormalizeOnly((0.5,) * 3, (0.25,) * 3)
-    for recover_at in ("k", "k-1"):
-        settings = RecoverySettings(steps=3, recover_at=recover_at)
-        generator = Generator(nz=16, ngf=8).double()
-        assert can_recover_stacked(generator, teachers, settings, student)
-        batched = recover_tasks_stacked(generator, teachers, labels, 16, student, augment, settings,
-                                        torch.Generator().manual_seed(0))
-        rng = torch.Generator().manual_seed(0)
-        params = [p.detach().clone() for p in student.parameters()]
-        student_fn = lambda x: torch.func.functional_call(student, dict(zip(  # noqa: E731
-            [n for n, _ in student.named_parameters()], params)), (x,))
-        for teacher, task in zip(teachers, batched):
-            alone = recover_task(copy.deepcopy(generator), teacher, labels, 16, student_fn, augment,
-                                 settings, rng)
-            assert task.updates == alone.updates
-            torch.testing.assert_close(task.images, alone.images, rtol=1e-9, atol=1e-12)
-            for name, grad in alone.meta_gradient.items():
-                torch.testing.assert_close(task.meta_gradient[name], grad, rtol=1e-7, atol=1e-12)
+def test_sequential_generator_carries_over_from_teacher_to_teacher(tiny_pool, tmp_path):
+    training = make_training(tiny_pool, tmp_path, name="free-sequence")
+    before = param_snapshot(training.generator)
+    tasks = training.recover([tiny_pool[0], tiny_pool[1]], warmup=False)
+    assert not torch.equal(param_snapshot(training.generator), before)  # adapted in place, no meta-update
+    assert all(task.meta_gradient is None for task in tasks)
 
 
 def test_bank_receives_every_task_or_only_the_last(tiny_pool, tmp_path):
@@ -171,7 +133,7 @@ def test_a_full_tiny_run_records_time_curves_and_the_recovered_grid(tiny_pool, t
     training = make_training(tiny_pool, tmp_path)
     learner = training.run()
     ctx = training.ctx
-    # post-warmup epochs only: one timed block per epoch (the b recoveries run stacked)
+    # post-warmup epochs only: one timed block per epoch (its b recoveries are one task axis)
     assert ctx.recovery_clock.seconds > 0 and ctx.recovery_clock.intervals == 2
     assert [step for step, _ in ctx.curves["grad_inner_product"]] == [2, 3]
     assert (tmp_path / "recovered_task.png").is_file()
