@@ -1,7 +1,8 @@
-"""Fast-weight adaptation with `torch.func`: plain SGD on a parameter dict, no module copies.
+"""Fast-weight adaptation: plain SGD on a parameter dict through `functional_call`, no module
+copies; second-order meta-gradients through `torch.autograd.grad(create_graph=True)`.
 
-Written with `torch.func.grad` so the same code runs inside `vmap` (many episodes at once)
-and composes for second-order meta-gradients.
+(`torch.func.grad` did the same with more per-operation cost: 1-shot meta-tests ran 1.2x
+slower; nothing here runs under `vmap` any more, docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -46,17 +47,22 @@ def sgd_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, steps: 
               first_order: bool = False) -> Params:
     """`steps` plain SGD steps (no momentum, no weight decay) on `loss_of(params)`.
 
-    When `params` require grad, the result stays differentiable with respect to them (and to
-    any tensor `loss_of` captures): a loss on the adapted parameters back-propagates through
-    the inner steps (second order), or around them with `first_order=True` (inner gradients
-    treated as constants).
+    With autograd enabled, the result stays differentiable with respect to `params` (where they
+    require grad) and to any tensor `loss_of` captures: a loss on the adapted parameters
+    back-propagates through the inner steps (second order), or around them with
+    `first_order=True` (inner gradients treated as constants). Under `torch.no_grad()` (the
+    meta-test) no graph is kept between steps and the result is detached.
     """
-    grad_fn = torch.func.grad(loss_of)
-    for _ in range(steps):
-        grads = grad_fn(params)
-        params = {name: p - lr * (grads[name].detach() if first_order else grads[name])
-                  for name, p in params.items()}
-    return params
+    keep_graph = torch.is_grad_enabled()
+    params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            grads = torch.autograd.grad(loss_of(params), list(params.values()),
+                                        create_graph=keep_graph and not first_order)
+            params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+            if not keep_graph:
+                params = {name: p.detach().requires_grad_() for name, p in params.items()}
+    return params if keep_graph else {name: p.detach() for name, p in params.items()}
 
 
 def sgd_adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,

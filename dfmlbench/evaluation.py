@@ -94,7 +94,7 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
         init, support, support_labels, query = episode
         net = modules.get()
         support, query = in_layout(support), in_layout(query)
-        with torch.no_grad():  # torch.func.grad inside still differentiates; no graph is kept
+        with torch.no_grad():  # sgd_adapt takes its gradients; no graph is kept between steps
             adapted = sgd_adapt(net, init, support, support_labels, steps, protocol.lr)
             support_logits = forward(net, adapted, support) if learner.head_matching else None
             return support_logits, forward(net, adapted, query)
