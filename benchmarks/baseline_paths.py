@@ -49,7 +49,7 @@ def inversion_loss(images, labels, teacher, student, augment, settings, rng):
 
 def recover_task(generator, teacher, labels, nz, student, augment, settings, rng):
     """Adapt `generator` in place for k steps, then images and the meta-gradient (recover_at k)."""
-    z = torch.randn(len(labels), nz, generator=rng).requires_grad_()
+    z = torch.randn(len(labels), nz, generator=rng).to(labels.device).requires_grad_()
     optimizer = torch.optim.Adam([{"params": list(generator.parameters()), "lr": settings.generator_lr},
                                   {"params": [z], "lr": settings.z_lr}], betas=settings.betas)
 
@@ -73,27 +73,29 @@ def recover_teachers(generator, teachers, labels, nz, student_model, augment, se
             for teacher in teachers]
 
 
-def replay_tasks(model: nn.Module, tasks, normalize: Callable, inner_steps: int, inner_lr: float) -> list[float]:
+def replay_tasks(model: nn.Module, tasks, normalize: Callable, inner_steps: int, inner_lr: float,
+                 device: torch.device | str = "cpu") -> list[float]:
     """One meta-batch's gradients accumulated task by task (second order); query accuracies."""
     accuracies = []
     for task in tasks:
-        xs, xq = normalize(task.support), normalize(task.query)
+        xs, xq = normalize(task.support.to(device)), normalize(task.query.to(device))
+        ys, yq = task.support_labels.to(device), task.query_labels.to(device)
         params = dict(model.named_parameters())
-        adapted = sgd_adapt(model, params, xs, task.support_labels, inner_steps, inner_lr)
+        adapted = sgd_adapt(model, params, xs, ys, inner_steps, inner_lr)
         logits = functional_call(model, adapted, (xq,))
-        F.cross_entropy(logits, task.query_labels).backward()
-        accuracies.append(100.0 * float((logits.argmax(-1) == task.query_labels).float().mean()))
+        F.cross_entropy(logits, yq).backward()
+        accuracies.append(100.0 * float((logits.argmax(-1) == yq).float().mean()))
     return accuracies
 
 
 def meta_test(model: nn.Module, dataset, episodes, steps: int = 10, lr: float = 0.01, chunk: int = 20,
-              loop: bool = False) -> np.ndarray:
+              loop: bool = False, device: torch.device | str = "cpu") -> np.ndarray:
     """Per-episode accuracies: `vmap` over chunks of episodes, or (loop) one episode at a time."""
     from dfmlbench.evaluation import episode_batches
     accuracies = np.empty(len(episodes))
     if loop:
-        for batch in episode_batches(dataset, episodes, 1, "cpu"):
-            copy_ = copy.deepcopy(model).train()
+        for batch in episode_batches(dataset, episodes, 1, device):
+            copy_ = copy.deepcopy(model).to(device).train()
             optimizer = torch.optim.SGD(copy_.parameters(), lr=lr)
             xs, ys = batch.support[0], batch.support_labels[0]
             for _ in range(steps):
@@ -104,8 +106,9 @@ def meta_test(model: nn.Module, dataset, episodes, steps: int = 10, lr: float = 
                 hits = copy_(batch.query[0]).argmax(-1) == batch.query_labels[0]
             accuracies[batch.first] = 100.0 * float(hits.float().mean())
         return accuracies
+    model = copy.deepcopy(model).to(device)
     init = {n: p.detach() for n, p in model.named_parameters()}
-    for batch in episode_batches(dataset, episodes, chunk, "cpu"):
+    for batch in episode_batches(dataset, episodes, chunk, device):
         with torch.no_grad():
             adapted = vmap(lambda xs, ys: sgd_adapt(model, init, xs, ys, steps, lr))(batch.support, batch.support_labels)
             for i in range(len(batch.support)):

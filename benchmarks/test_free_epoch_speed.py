@@ -68,7 +68,7 @@ def test_free_epoch_at_paper_settings(benchmark, pool, tmp_path):
 
     def baseline_metabatch() -> None:
         model.zero_grad(set_to_none=True)
-        baseline_paths.replay_tasks(model, tasks, training.augment.normalize, s.inner_steps, s.inner_lr)
+        baseline_paths.replay_tasks(model, tasks, training.augment.normalize, s.inner_steps, s.inner_lr, DEVICE)
 
     replay_seconds = best_seconds(library_metabatch, ROUNDS)
     library_gradient = [p.grad.clone() for p in model.parameters()]

@@ -38,11 +38,13 @@ def test_meta_test_against_the_baseline(benchmark, glyphs, learner, shot):
     episodes = make_episodes(glyphs, "test", 5, shot, 15, EPISODES, seed=0)
     library = best_seconds(lambda: evaluate(learner, glyphs, episodes, device=DEVICE, chunk=20), rounds=2)
     paths = {"vmap": False, "loop": True} if shot > 1 else {"vmap": False}
-    baselines = {name: best_seconds(lambda: baseline_paths.meta_test(learner.model, glyphs, episodes, loop=loop),
+    baselines = {name: best_seconds(lambda: baseline_paths.meta_test(learner.model, glyphs, episodes, loop=loop,
+                                                                             device=DEVICE),
                                     rounds=1) for name, loop in paths.items()}
     fastest = min(baselines, key=baselines.get)
     agree = np.mean(np.isclose(evaluate(learner, glyphs, episodes, device=DEVICE, chunk=20),
-                               baseline_paths.meta_test(learner.model, glyphs, episodes, loop=paths[fastest])))
+                               baseline_paths.meta_test(learner.model, glyphs, episodes, loop=paths[fastest],
+                                                        device=DEVICE)))
     assert agree >= 0.9, f"only {agree:.0%} of the episodes have the baseline's accuracy"
     benchmark.pedantic(evaluate, args=(learner, glyphs, episodes), kwargs={"chunk": 20, "device": DEVICE},
                        rounds=1, iterations=1)

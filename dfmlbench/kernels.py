@@ -33,6 +33,7 @@ import torch
 Task = TypeVar("Task")
 Result = TypeVar("Result")
 KERNELS = ("threads", "loop")
+WORKER_PREFIX = "dfmlbench-task"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -54,7 +55,7 @@ def _workers() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix="dfmlbench-task",
+            _pool = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix=WORKER_PREFIX,
                                        initializer=torch.set_num_threads, initargs=(1,))
         return _pool
 
@@ -63,7 +64,8 @@ def task_map(fn: Callable[[Task], Result], tasks: Sequence[Task], device: torch.
     """[fn(task) for task in tasks], computed by `kernel_for(device)`, results in task order.
     The caller's autograd mode holds inside `fn` on every kernel (it is per thread in torch)."""
     tasks = list(tasks)
-    if kernel_for(device) == "loop" or len(tasks) < 2:
+    nested = threading.current_thread().name.startswith(WORKER_PREFIX)  # a worker never waits on the pool
+    if kernel_for(device) == "loop" or len(tasks) < 2 or nested:
         return [fn(task) for task in tasks]
     grad_enabled = torch.is_grad_enabled()
 

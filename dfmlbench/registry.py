@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from dfmlbench.errors import UserError
 
@@ -34,25 +34,38 @@ class Entry(Generic[T]):
     target: Any
     settings: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    display: str = ""  # how the paper (or the method's author) names it in tables; "" = its name
 
     def load(self) -> T:
         return import_target(self.target) if isinstance(self.target, str) else self.target
 
 
 class Registry(Generic[T]):
-    """Maps names to entries; unknown names raise UserError with a suggestion."""
+    """Maps names to entries; unknown names raise UserError with a suggestion. `discover`, if
+    given, runs once before the first lookup (it imports the modules that register entries)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, discover: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._discover = discover
+
+    def _discovered(self) -> None:
+        discover, self._discover = self._discover, None
+        if discover is not None:
+            discover()
 
     def register(self, name: str, target: Any, settings: dict[str, Any] | None = None,
-                 summary: str = "") -> None:
+                 summary: str = "", display: str = "") -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
-        self._entries[name] = Entry(name, target, dict(settings or {}), summary)
+        self._entries[name] = Entry(name, target, dict(settings or {}), summary, display)
+
+    def sort(self, key: Callable[[Entry[T]], Any]) -> None:
+        """Reorder the entries (stable): `list` and suites' "all methods" follow this order."""
+        self._entries = dict(sorted(self._entries.items(), key=lambda item: key(item[1])))
 
     def get(self, name: str) -> Entry[T]:
+        self._discovered()
         try:
             return self._entries[name]
         except KeyError:
@@ -60,10 +73,13 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} '{name}': {did_you_mean(name, self.names())}") from None
 
     def names(self) -> list[str]:
+        self._discovered()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._discovered()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        return iter(self._entries.values())
+        self._discovered()
+        return iter(list(self._entries.values()))

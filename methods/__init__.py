@@ -1,52 +1,71 @@
-"""DFML methods, one module each; installed as `dfmlbench.methods`.
+"""DFML methods, one self-describing module each; installed as `dfmlbench.methods`.
 
-Registry targets are lazy ("module:Class") so listing methods imports none of them. A variant
-is a registry entry made of a base method plus fixed settings: it appears in `list`, in
-records and in tables like a method.
+A method registers itself with the `register` decorator in its own module, its variants (a
+base method plus fixed settings, shown in `list`, records and tables like a method) beside it.
+The registry imports the built-in modules, then every module named in the `dfmlbench.methods`
+entry-point group, on its first lookup: a package outside this repository adds methods with
+
+    [project.entry-points."dfmlbench.methods"]
+    my-method = "my_package.my_method"    # a module whose import registers its methods
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, TypeVar
 
 from dfmlbench.errors import UserError
 from dfmlbench.method import Method
 from dfmlbench.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method")
-METHODS.register("random", "dfmlbench.methods.random_init:RandomInit",
-                 summary="fine-tune one seeded random init per episode (no teachers)")
-METHODS.register("random-reinit", "dfmlbench.methods.random_init:RandomInit",
-                 {"reinit_per_task": True}, "Random with a fresh init for every episode")
-METHODS.register("best-model", "dfmlbench.methods.best_model:BestModel",
-                 summary="the most accurate teacher, fine-tuned on each support set")
-METHODS.register("best-model-zero-step", "dfmlbench.methods.best_model:BestModel",
-                 {"variant": "zero-step"}, "diagnostic: best teacher, identity head, no steps")
-METHODS.register("best-model-hungarian", "dfmlbench.methods.best_model:BestModel",
-                 {"variant": "hungarian"}, "diagnostic: best teacher, head matched on the support, no steps")
-METHODS.register("average", "dfmlbench.methods.average:Average",
-                 summary="element-wise mean of all teachers' weights, fine-tuned")
-METHODS.register("ota", "dfmlbench.methods.ota:OTA",
-                 summary="teachers aligned to the best one by optimal transport, averaged, fine-tuned")
-METHODS.register("dro", "dfmlbench.methods.dro:DRO",
-                 summary="(reconstructed) Wasserstein-robust hyper-network fusion, init at the mean embedding, fine-tuned")
+BUILTIN_MODULES = ("random_init", "best_model", "average", "ota", "dro", "free", "purer", "bidf_mkd")
+ENTRY_POINT_GROUP = "dfmlbench.methods"
+M = TypeVar("M", bound=type[Method])
 
-METHODS.register("free", "dfmlbench.methods.free:Free",
-                 summary="FREE_5: meta-generator (FIVE, k=5) + BELL + cross-task replay")
-METHODS.register("free-2", "dfmlbench.methods.free:Free", {"k": 2}, "FREE_2: FREE with k=2 generator steps")
-METHODS.register("free-baseline", "dfmlbench.methods.free:Free", {"generator": "sequential", "learner": "none"},
-                 "Table 5 Baseline: sequential generator, replay only")
-METHODS.register("free-erm", "dfmlbench.methods.free:Free", {"generator": "meta", "learner": "erm"},
-                 "Table 5 ERM: meta-generator, one step on the mean KD loss")
-METHODS.register("free-sequence", "dfmlbench.methods.free:Free", {"generator": "sequential", "learner": "bell"},
-                 "Table 5 Sequence: sequential generator + BELL")
-METHODS.register("free-official", "dfmlbench.methods.free:Free", {"fidelity": "official"},
-                 "FREE with the official code's behaviour for every deviation switch")
 
-METHODS.register("purer", "dfmlbench.methods.purer:Purer",
-                 summary="PURER: learnable pseudo dataset (DeepInversion), adversarial episode curriculum, MAML")
-METHODS.register("bidf-mkd", "dfmlbench.methods.bidf_mkd:BiDfMKD",
-                 summary="BiDf-MKD (white-box): per-event generator, inner KD, boundary query, outer KD, replay")
+def _builtin_rank(entry: Any) -> int:
+    """The built-in modules' order (whichever was imported first), then plug-ins."""
+    module = getattr(entry.target, "__module__", "").rpartition(".")[2]
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+
+def _discover() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"dfmlbench.methods.{module}")
+    METHODS.sort(_builtin_rank)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # a broken plug-in is named in one line, not a traceback
+            raise UserError(f"method plug-in '{point.name}' ({point.value}) failed to load: "
+                            f"{type(exc).__name__}: {exc}; fix or uninstall its package") from None
+
+
+METHODS: Registry[type[Method]] = Registry("method", _discover)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered variant: fixed settings of the base method, a summary, a display name."""
+
+    settings: dict[str, Any]
+    summary: str
+    display: str = ""
+
+
+def register(name: str, summary: str, display: str = "",
+             variants: dict[str, Variant] | None = None) -> Callable[[M], M]:
+    """Class decorator: register a Method subclass under `name` (its `name` attribute is set),
+    and each of its variants. `display` is how tables name it ("FREE_5" shows "FREE_5 (free)")."""
+    def decorate(cls: M) -> M:
+        cls.name = name
+        METHODS.register(name, cls, summary=summary, display=display)
+        for variant_name, variant in (variants or {}).items():
+            METHODS.register(variant_name, cls, variant.settings, variant.summary, variant.display)
+        return cls
+    return decorate
 
 
 def free_settings(name: str) -> set[str]:
@@ -68,4 +87,4 @@ def create_method(name: str, overrides: dict[str, Any] | None = None) -> Method:
     return method
 
 
-__all__ = ["METHODS", "create_method"]
+__all__ = ["METHODS", "Variant", "create_method", "register"]

@@ -7,6 +7,7 @@ import torch
 from dfmlbench.fusion import mean_state
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import register
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import TeacherPool
 
@@ -16,8 +17,8 @@ def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
     return mean_state(states)
 
 
+@register("average", "element-wise mean of all teachers' weights, fine-tuned", "Average")
 class Average(Method):
-    name = "average"
     copies_teacher_weights = fuses_weights = True
     paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import Variant, register
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import TeacherPool
 
@@ -17,8 +18,12 @@ VARIANTS = {
 }
 
 
+@register("best-model", "the most accurate teacher, fine-tuned on each support set", "Best-Model", {
+    "best-model-zero-step": Variant({"variant": "zero-step"}, "diagnostic: best teacher, identity head, no steps"),
+    "best-model-hungarian": Variant({"variant": "hungarian"},
+                                    "diagnostic: best teacher, head matched on the support, no steps"),
+})
 class BestModel(Method):
-    name = "best-model"
     copies_teacher_weights = True
     paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     defaults = {"variant": "finetune"}

@@ -27,6 +27,7 @@ from dfmlbench.kernels import PerThread, in_layout, task_generators, task_map
 from dfmlbench.learner import Learner
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, add_gradients, bank_episodes, maml_meta_gradient
 from dfmlbench.method import Method, RecoveryUnit, RunContext
+from dfmlbench.methods import register
 from dfmlbench.pool import Teacher, TeacherPool
 from dfmlbench.schema import integer
 from dfmlbench.selection import ModelSelection
@@ -34,8 +35,9 @@ from dfmlbench.selection import ModelSelection
 CHOICES = {"event_rule": ("periodic", "plateau"), "aug_granularity": ("batch", "sample")}
 
 
+@register("bidf-mkd", "BiDf-MKD (white-box): per-event generator, inner KD, boundary query, outer KD, "
+          "replay", "BiDf-MKD")
 class BiDfMKD(Method):
-    name = "bidf-mkd"
     paper_budget = {"meta_iterations": 60000, "adv_start": 4000}
     choices = CHOICES
     rules = {"adv_start": integer(0)}

@@ -20,6 +20,7 @@ from dfmlbench.errors import UserError
 from dfmlbench.fusion import ParameterSpace
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import register
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import TeacherPool
 from dfmlbench.schema import items, number
@@ -56,8 +57,9 @@ def build_hypernet(embedding_dim: int, hidden: int, size: int, generator: torch.
                              nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, size))
 
 
+@register("dro", "(reconstructed) Wasserstein-robust hyper-network fusion, init at the mean embedding, "
+          "fine-tuned", "DRO")
 class DRO(Method):
-    name = "dro"
     copies_teacher_weights = fuses_weights = True
     choices = {"init": INITS}
     paper_budget = {"steps": 10000}  # scaled by a suite's budget_fraction

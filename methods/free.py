@@ -28,6 +28,7 @@ from dfmlbench.kernels import in_layout, task_generators
 from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RecoveryUnit, RunContext
+from dfmlbench.methods import Variant, register
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
@@ -50,8 +51,18 @@ CHOICES = {
 }
 
 
+@register("free", "FREE_5: meta-generator (FIVE, k=5) + BELL + cross-task replay", "FREE_5", {
+    "free-2": Variant({"k": 2}, "FREE_2: FREE with k=2 generator steps", "FREE_2"),
+    "free-baseline": Variant({"generator": "sequential", "learner": "none"},
+                             "Table 5 Baseline: sequential generator, replay only", "Baseline"),
+    "free-erm": Variant({"generator": "meta", "learner": "erm"},
+                        "Table 5 ERM: meta-generator, one step on the mean KD loss", "ERM"),
+    "free-sequence": Variant({"generator": "sequential", "learner": "bell"},
+                             "Table 5 Sequence: sequential generator + BELL", "Sequence"),
+    "free-official": Variant({"fidelity": "official"},
+                             "FREE with the official code's behaviour for every deviation switch"),
+})
 class Free(Method):
-    name = "free"
     paper_budget = {"epochs": 980, "warmup_epochs": 19}
     choices = CHOICES
     rules = {"warmup_epochs": integer(0), "checkpoint_interval": integer(0),

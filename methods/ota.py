@@ -9,6 +9,7 @@ from dfmlbench.fusion import SOLVERS, align_to_anchor, channel_graph, mean_state
 from dfmlbench.fusion.alignment import COSTS
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import register
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import TeacherPool
 
@@ -19,8 +20,8 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list
     return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys)))
 
 
+@register("ota", "teachers aligned to the best one by optimal transport, averaged, fine-tuned", "OTA")
 class OTA(Method):
-    name = "ota"
     copies_teacher_weights = fuses_weights = True
     paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     choices = {"solver": SOLVERS, "cost": COSTS, "weighting": WEIGHTINGS}

@@ -21,6 +21,7 @@ from dfmlbench.learner import Learner
 from dfmlbench.kernels import in_layout, task_generators, task_map
 from dfmlbench.maml import PlateauTrigger, ReplaySettings, add_gradients, maml_meta_gradient, maml_query_loss
 from dfmlbench.method import Method, RecoveryUnit, RunContext
+from dfmlbench.methods import register
 from dfmlbench.methods.average import average_state
 from dfmlbench.models import copy_parameters
 from dfmlbench.pool import Teacher, TeacherPool
@@ -71,8 +72,9 @@ class PseudoDataset(nn.Module):
                 chosen[:, shot:].flatten(0, 1), labels.repeat_interleave(query))
 
 
+@register("purer", "PURER: learnable pseudo dataset (DeepInversion), adversarial episode curriculum, MAML",
+          "PURER")
 class Purer(Method):
-    name = "purer"
     paper_budget = {"iterations": 15000, "adv_start": 4000}
     choices = CHOICES
     rules = {"jitter": integer(0), "adv_start": integer(0)}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dfmlbench.adaptation import parameters_of
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
+from dfmlbench.methods import Variant, register
 from dfmlbench.pool import TeacherPool
 
 
+@register("random", "fine-tune one seeded random init per episode (no teachers)", "Random",
+          {"random-reinit": Variant({"reinit_per_task": True}, "Random with a fresh init for every episode")})
 class RandomInit(Method):
-    name = "random"
     paper_budget = {}  # trains nothing: budget_fraction leaves it as it is
     uses_teachers = False
     defaults = {

@@ -82,6 +82,16 @@ def test_task_map_keeps_order_grad_mode_and_one_thread_per_task(kernel):
     assert torch.get_num_threads() == main_threads  # the workers' setting stays theirs
 
 
+def test_a_task_map_inside_a_task_runs_in_place(kernel):
+    outer = threading.get_ident
+
+    def task(i):
+        return kernels.task_map(lambda j: (i, j, outer()), range(2), "cpu")
+
+    for inner in kernels.task_map(task, range(3), "cpu"):
+        assert len({ident for *_, ident in inner}) == 1  # no worker waits for another
+
+
 def test_task_generators_are_reproducible_and_distinct():
     a = [int(torch.randint(0, 2**30, (1,), generator=g)) for g in generators(3)]
     assert a == [int(torch.randint(0, 2**30, (1,), generator=g)) for g in generators(3)]

@@ -37,13 +37,15 @@ def _all_tables() -> dict[str, Any]:
 
 
 def display_name(method: str) -> str:
-    """The paper's name for a method, with dfmlbench's in brackets ("FREE_5 (free)")."""
-    paper_name = _all_tables()["names"].get(method)
-    return f"{paper_name} ({method})" if paper_name else method
+    """The name a method registered to be shown by (the paper's), with dfmlbench's in brackets
+    ("FREE_5 (free)"); just dfmlbench's where it registered none or is not registered."""
+    from dfmlbench.methods import METHODS
+    shown = METHODS.get(method).display if method in METHODS else ""
+    return f"{shown} ({method})" if shown else method
 
 
 def paper_table(name: str) -> PaperTable:
-    tables = {k: v for k, v in _all_tables().items() if k != "names"}
+    tables = _all_tables()
     if name not in tables:
         raise UserError(f"unknown paper table '{name}': {did_you_mean(name, sorted(tables))}")
     raw = tables[name]
