@@ -9,9 +9,10 @@ uses (functional_call swaps the module's attributes), so any schedule gives the 
 
 Kernels:
 - "threads" (the CPU default with two or more intra-op threads): the tasks run on a pool of
-  worker threads, one per intra-op thread, each computing its task with one thread. Small
-  Conv4 tasks are dominated by per-operation cost and scale poorly inside an operation;
-  across tasks they scale with the cores (measured, docs/performance.md).
+  worker threads, one per intra-op thread, each task with the threads left to it (one when
+  there are at least as many tasks as threads). Small Conv4 tasks are dominated by
+  per-operation cost and scale poorly inside an operation; across tasks they scale with the
+  cores (measured, docs/performance.md).
 - "loop" (CUDA, or a CPU with one thread): the tasks in order on the calling thread. On CUDA
   their kernels queue asynchronously on one stream.
 
@@ -35,6 +36,7 @@ Result = TypeVar("Result")
 KERNELS = ("threads", "loop")
 WORKER_PREFIX = "dfmlbench-task"
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -50,14 +52,14 @@ def kernel_for(device: torch.device | str) -> str:
     return "loop"
 
 
-def _workers() -> ThreadPoolExecutor:
-    """The worker pool, made once per process with one worker per intra-op thread."""
-    global _pool
+def _workers() -> tuple[ThreadPoolExecutor, int]:
+    """The worker pool and its size, made once per process with one worker per intra-op thread."""
+    global _pool, _pool_size
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix=WORKER_PREFIX,
-                                       initializer=torch.set_num_threads, initargs=(1,))
-        return _pool
+            _pool_size = max(2, torch.get_num_threads())
+            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix=WORKER_PREFIX)
+        return _pool, _pool_size
 
 
 def task_map(fn: Callable[[Task], Result], tasks: Sequence[Task], device: torch.device | str) -> list[Result]:
@@ -68,11 +70,14 @@ def task_map(fn: Callable[[Task], Result], tasks: Sequence[Task], device: torch.
     if kernel_for(device) == "loop" or len(tasks) < 2 or nested:
         return [fn(task) for task in tasks]
     grad_enabled = torch.is_grad_enabled()
+    pool, size = _workers()
+    threads_per_task = max(1, torch.get_num_threads() // min(len(tasks), size))
 
     def run(task: Task) -> Result:
+        torch.set_num_threads(threads_per_task)  # per thread in torch: the caller keeps its own
         with torch.set_grad_enabled(grad_enabled):
             return fn(task)
-    return list(_workers().map(run, tasks))
+    return list(pool.map(run, tasks))
 
 
 def task_generators(rng: torch.Generator, count: int) -> list[torch.Generator]:
