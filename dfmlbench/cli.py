@@ -195,7 +195,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _keep_freed_memory() -> None:
     """Ask glibc to keep freed blocks instead of returning each large one to the kernel.
 
-    Batched adaptation allocates and frees tens-of-MB activations every step; with glibc's
+    Adaptation allocates and frees tens-of-MB activations every step; with glibc's
     defaults each is a fresh mmap whose pages the kernel zeroes again. Measured on the 2-core
     dev machine: 600 5-shot episodes spent as much time in the kernel as in PyTorch. No effect
     (and no error) where the C library is not glibc.

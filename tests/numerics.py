@@ -1,6 +1,6 @@
 """Comparing the numbers of two code paths so that a test holds on any x86-64 CPU and thread count.
 
-Two paths that compute the same thing (batched vs one at a time, stacked vs per task, chunked
+Two paths that compute the same thing (a task axis vs its one-at-a-time oracle, two kernels, chunked
 vs whole) round differently: the order of a reduction depends on the kernel, the CPU's vector
 width (AVX-512, AVX2) and the thread count. So their floats are compared within a tolerance
 sized to the computation, and their argmax predictions only where the logits' top-two margin
