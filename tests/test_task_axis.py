@@ -98,9 +98,10 @@ def test_task_generators_are_reproducible_and_distinct():
     assert len(set(a)) == 3
 
 
-def test_layout_is_channels_last_on_cpu():
+def test_layout_is_channels_last_on_cpu_only():
     x = kernels.in_layout(torch.randn(2, 3, 8, 8))
     assert x.is_contiguous(memory_format=torch.channels_last)
+    assert kernels.preferred_layout("cuda") == torch.contiguous_format
     assert kernels.in_layout(torch.randn(2, 3)).shape == (2, 3)
 
 
