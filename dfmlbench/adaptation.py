@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from dfmlbench.models import copy_parameters
+
 Params = dict[str, torch.Tensor]
 
 
@@ -29,9 +31,7 @@ def frozen_copy(model: nn.Module, params: Params | None = None) -> nn.Module:
     where functional_call would swap the shared module's attributes)."""
     copy_ = copy.deepcopy(model).requires_grad_(False)
     if params is not None:
-        with torch.no_grad():
-            for name, param in copy_.named_parameters():
-                param.copy_(params[name])
+        copy_parameters(copy_, params)
     return copy_
 
 

@@ -31,6 +31,8 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from dfmlbench.errors import UserError
+
 Task = TypeVar("Task")
 Result = TypeVar("Result")
 KERNELS = ("threads", "loop")
@@ -45,7 +47,8 @@ def kernel_for(device: torch.device | str) -> str:
     forced = os.environ.get("DFMLBENCH_TASK_KERNEL")
     if forced:
         if forced not in KERNELS:
-            raise ValueError(f"DFMLBENCH_TASK_KERNEL={forced!r}: choose one of {', '.join(KERNELS)}")
+            raise UserError(f"DFMLBENCH_TASK_KERNEL={forced!r} is not a kernel: choose one of "
+                            f"{', '.join(KERNELS)}, or unset it for the device's default")
         return forced
     if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2:
         return "threads"

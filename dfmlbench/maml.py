@@ -76,8 +76,12 @@ def maml_meta_gradient(model: nn.Module, episodes: list[Episode], settings: Repl
         return torch.autograd.grad(loss, list(params.values())), accuracy
 
     results = task_map(episode_gradient, episodes, next(model.parameters()).device)
-    summed = [torch.stack(parts).sum(0) for parts in zip(*(grads for grads, _ in results))]
-    return summed, [accuracy for _, accuracy in results]
+    return summed_per_parameter([grads for grads, _ in results]), [accuracy for _, accuracy in results]
+
+
+def summed_per_parameter(per_task: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """Each parameter's gradient summed over the tasks, in task order (the summed-loss gradient)."""
+    return [torch.stack(parts).sum(0) for parts in zip(*per_task)]
 
 
 def add_gradients(model: nn.Module, gradients: list[torch.Tensor]) -> None:

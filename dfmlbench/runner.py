@@ -21,6 +21,7 @@ from dfmlbench.errors import UserError, note
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import MEMBERS as MULTIDOMAIN_MEMBERS, MultiDomainDataset
 from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
+from dfmlbench.kernels import kernel_for
 from dfmlbench.learner import Learner
 from dfmlbench.method import Method, RunContext
 from dfmlbench.methods import METHODS, create_method, free_settings
@@ -291,7 +292,7 @@ def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
     check_writable_folder(out_dir, "--out")
     check_writable_folder(cache_dir(), "the cache folder (DFMLBENCH_CACHE)")
     for device in dict.fromkeys(c.config["runtime"]["device"] for c in cells):
-        resolve_device(device)
+        kernel_for(resolve_device(device))  # a forced task kernel must be one
     expected: dict[Path, Expected] = {}
     pool_keys: dict[tuple[str, str], str] = {}  # (dataset, spec) -> planned key, each pool checked once
     for cell in cells:

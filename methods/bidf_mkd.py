@@ -25,7 +25,8 @@ from dfmlbench.inversion.losses import kd_loss
 from dfmlbench.inversion.recovery import RecoverySettings, interleaved_targets, recover_lowest_loss
 from dfmlbench.kernels import PerThread, in_layout, task_generators, task_map
 from dfmlbench.learner import Learner
-from dfmlbench.maml import PlateauTrigger, ReplaySettings, add_gradients, bank_episodes, maml_meta_gradient
+from dfmlbench.maml import (PlateauTrigger, ReplaySettings, add_gradients, bank_episodes, maml_meta_gradient,
+                            summed_per_parameter)
 from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.methods import register
 from dfmlbench.pool import Teacher, TeacherPool
@@ -208,7 +209,7 @@ class BiDfTraining:
             for images, labels in ((support, self.support_labels), (query, self.query_labels)):
                 self.bank.add_task(teacher.class_ids, images, labels)
         self.last_support = supports[-1]
-        return [torch.stack(parts).sum(0) for parts in zip(*gradients)]
+        return summed_per_parameter(gradients)
 
     def adapt_by_kd(self, model: nn.Module, params: Params, views: torch.Tensor, targets: torch.Tensor) -> Params:
         """Inner-level KD: SGD steps from theta on KD(teacher || student) over the support views,

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dfmlbench import kernels
+from dfmlbench.errors import UserError
 from dfmlbench.episodes import make_episodes
 from dfmlbench.evaluation import AdaptProtocol, evaluate
 from dfmlbench.inversion.augment import GeneratedImageAugment
@@ -62,7 +63,7 @@ def test_one_decision_per_device(monkeypatch):
     monkeypatch.setenv("DFMLBENCH_TASK_KERNEL", "loop")
     assert kernels.kernel_for("cpu") == "loop"
     monkeypatch.setenv("DFMLBENCH_TASK_KERNEL", "grouped")
-    with pytest.raises(ValueError, match="choose one of threads, loop"):
+    with pytest.raises(UserError, match="choose one of threads, loop"):
         kernels.kernel_for("cpu")
 
 
@@ -210,3 +211,11 @@ def test_bidf_events_equal_the_event_written_straight_through(tiny_pool, tmp_pat
     for c in bank:  # uint8 truncation: a float64 pixel on a level boundary may land one level apart
         levels = bank[c].int() - reference_bank[c].int()
         assert int(levels.abs().max()) <= 1 and float((levels != 0).double().mean()) < 1e-3
+
+
+def test_an_unknown_forced_kernel_is_one_line_before_any_cell(monkeypatch, tmp_path):
+    from cli_harness import assert_one_line_error, call
+    monkeypatch.setenv("DFMLBENCH_TASK_KERNEL", "grouped")
+    result = call("run", "--suite", "quickstart", "--profile", "smoke", "--method", "random", "--out", tmp_path / "runs")
+    assert_one_line_error(result, "DFMLBENCH_TASK_KERNEL='grouped'", "choose one of threads, loop")
+    assert not list((tmp_path / "runs").rglob("*.json"))  # nothing ran
