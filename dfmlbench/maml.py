@@ -3,8 +3,8 @@ used by PURER and BiDf-MKD. Second order by default; the inner loop is `sgd_adap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import copy
 
@@ -29,6 +29,19 @@ class ReplaySettings:
     patience: int = 10  # stop after this many meta-batches without a new best train accuracy
     max_metabatches: int | None = None  # a cap for CPU budgets; None = official (unbounded)
     first_order: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], way: int, shot: int, **shared: Any) -> ReplaySettings:
+        """A method's replay settings, one vocabulary for FREE, PURER and BiDf-MKD: the field
+        `f` is the method setting `replay_f`. `shared` gives fields the method shares with its
+        other parts under its own names (BiDf-MKD's `episode_batch`); fields a method leaves
+        undeclared keep the defaults above."""
+        declared = {f.name: settings[REPLAY_PREFIX + f.name] for f in fields(cls)
+                    if REPLAY_PREFIX + f.name in settings}
+        return cls(**{**declared, **shared, "way": way, "shot": shot})
+
+
+REPLAY_PREFIX = "replay_"
 
 
 @dataclass

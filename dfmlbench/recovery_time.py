@@ -43,7 +43,7 @@ NORMALISATION = {32: (CIFAR_MEAN, CIFAR_STD), 84: (IMAGENET_MEAN, IMAGENET_STD)}
 # Per-step sizes for --smoke (the unit counts stay the paper's).
 SMOKE = {
     "free": {"ngf": 8, "nz": 16, "images_per_class": 2, "k": 2},
-    "purer": {"candidate_teachers": 2, "query": 2},
+    "purer": {"candidate_teachers": 2, "replay_query": 2},
     "bidf-mkd": {"ngf": 8, "nz": 16, "support_per_class": 2, "query_per_class": 2, "generator_iterations": 2,
                  "kd_inner_steps": 1},
 }

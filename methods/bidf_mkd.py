@@ -44,7 +44,7 @@ class BiDfMKD(Method):
     rules = {"adv_start": integer(0)}
     smoke_settings = {"meta_iterations": 12, "adv_start": 6, "episode_batch": 2, "generate_interval": 6,
                       "support_per_class": 3, "query_per_class": 3, "generator_iterations": 3, "nz": 16, "ngf": 8,
-                      "kd_inner_steps": 2, "inner_steps": 2, "replay_query": 3, "val_interval": 6}
+                      "kd_inner_steps": 2, "replay_inner_steps": 2, "replay_query": 3, "val_interval": 6}
     defaults: dict[str, Any] = {
         "meta_iterations": 60000,  # episode_train 240000 / episode_batch 4
         "episode_batch": 4,
@@ -57,10 +57,12 @@ class BiDfMKD(Method):
         "nz": 256,
         "ngf": 64,
         "kd_inner_steps": 10,  # inner_update_num_kd
-        "inner_steps": 5,  # replay MAML inner steps
-        "inner_lr": 0.01,
+        "replay_inner_steps": 5,  # inner_update_num
+        "kd_inner_lr": 0.01,  # inner_lr: the official code has one for both inner loops
+        "replay_inner_lr": 0.01,
         "outer_lr": 1e-3,
-        "first_order": False,
+        "kd_first_order": False,  # second order in both inner loops, as the official code
+        "replay_first_order": False,
         "replay_query": 15,
         "adv_weight": 1.0,
         "adv_start": 4000,  # meta-iterations before the boundary query uses the adapted student
@@ -99,9 +101,8 @@ class BiDfTraining:
         self.bank = MemoryBank(settings["bank_slots"])
         self.rng = np.random.default_rng(ctx.generator("bidf-numpy").initial_seed())
         self.torch_rng = ctx.generator("bidf-torch")
-        self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["inner_steps"],
-                                              settings["inner_lr"], settings["episode_batch"],
-                                              first_order=settings["first_order"])
+        self.replay_settings = ReplaySettings.from_settings(settings, ctx.way, ctx.shot,
+                                                            episode_batch=settings["episode_batch"])
         self.support_labels = interleaved_targets(ctx.way, settings["support_per_class"], self.device)
         self.query_labels = interleaved_targets(ctx.way, settings["query_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["meta_iterations"])
@@ -213,10 +214,10 @@ class BiDfTraining:
 
     def adapt_by_kd(self, model: nn.Module, params: Params, views: torch.Tensor, targets: torch.Tensor) -> Params:
         """Inner-level KD: SGD steps from theta on KD(teacher || student) over the support views,
-        differentiable w.r.t. theta (second order unless `first_order`)."""
+        differentiable w.r.t. theta (second order unless `kd_first_order`)."""
         s = self.s
         return sgd_steps(lambda p: kd_loss(forward(model, p, views), targets, s["kd_quirk"]),
-                         params, s["kd_inner_steps"], s["inner_lr"], s["first_order"])
+                         params, s["kd_inner_steps"], s["kd_inner_lr"], s["kd_first_order"])
 
     def save_recovered_grid(self) -> None:
         """The last event's recovered support set, one row per class (Fig. 7 style)."""

@@ -158,10 +158,7 @@ class FreeTraining:
                                          adv_weight=settings["adv_weight"], adv_quirk=settings["adv_quirk"],
                                          bn_weight=settings["bn_weight"],
                                          recover_at=settings["recover_at"])
-        self.replay_settings = ReplaySettings(ctx.way, ctx.shot, settings["replay_query"], settings["replay_inner_steps"],
-                                              settings["replay_inner_lr"], settings["replay_episode_batch"],
-                                              settings["replay_patience"], settings["replay_max_metabatches"],
-                                              settings["replay_first_order"])
+        self.replay_settings = ReplaySettings.from_settings(settings, ctx.way, ctx.shot)
         self.labels = interleaved_targets(ctx.way, settings["images_per_class"], self.device)
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["epochs"])
 

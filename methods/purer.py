@@ -78,12 +78,12 @@ class Purer(Method):
     paper_budget = {"iterations": 15000, "adv_start": 4000}
     choices = CHOICES
     rules = {"jitter": integer(0), "adv_start": integer(0)}
-    smoke_settings = {"iterations": 6, "adv_start": 3, "candidate_teachers": 2, "query": 3, "episode_batch": 2,
-                      "inner_steps": 2, "val_interval": 2}
+    smoke_settings = {"iterations": 6, "adv_start": 3, "candidate_teachers": 2, "replay_query": 3,
+                      "replay_episode_batch": 2, "replay_inner_steps": 2, "val_interval": 2}
     defaults: dict[str, Any] = {
         "iterations": 15000,  # the FREE paper's PURER budget ("15000 iterations to converge")
         "candidate_teachers": 13,  # teachers per iteration (PURER+ candidate_size)
-        "query": 15,  # pseudo images per class = shot + query
+        "replay_query": 15,  # pseudo images per class = shot + replay_query (MAML episodes on them)
         "pixel_lr": 0.01,  # Adam on the pixels (PURER+; original PURER 0.25)
         "tv_weight": 1e-4,
         "bn_weight": 0.01,
@@ -93,11 +93,11 @@ class Purer(Method):
         "adv_weight": 10.0,  # -adv_weight * L_outer on the adversarial task
         "adv_start": 4000,  # iterations without the adversarial term
         "adv_patience": 6,  # iterations without a new best train accuracy before an adversarial task
-        "episode_batch": 4,
-        "inner_steps": 5,  # PU2: PURER+/TDS; original PURER scripts 1
-        "inner_lr": 0.01,
+        "replay_episode_batch": 4,
+        "replay_inner_steps": 5,  # PU2: PURER+/TDS; original PURER scripts 1
+        "replay_inner_lr": 0.01,
         "outer_lr": 1e-3,
-        "first_order": False,
+        "replay_first_order": False,
         "init": "random",  # PU3: random (PURER+) | average (original PURER's FedAvg init)
         "episode_split": "random",  # meta-training episodes: random support/query split of a class
         "val_interval": 500,
@@ -125,16 +125,14 @@ class PurerTraining:
         if len(classes) < ctx.way:
             raise UserError(f"purer: the pool covers {len(classes)} classes, a {ctx.way}-way task needs {ctx.way}")
         shape = (pool.in_channels, pool.image_size, pool.image_size)
-        self.data = PseudoDataset(classes, ctx.shot + settings["query"], shape,
+        self.data = PseudoDataset(classes, ctx.shot + settings["replay_query"], shape,
                                   ctx.generator("purer-pixels")).to(ctx.device)
         self.pixel_optimizer = torch.optim.Adam(self.data.parameters(), lr=settings["pixel_lr"])
         self.model = ctx.build_learner_model()
         if settings["init"] == "average":
             copy_parameters(self.model, average_state([t.model.state_dict() for t in pool]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["outer_lr"])
-        self.maml = ReplaySettings(ctx.way, ctx.shot, settings["query"], settings["inner_steps"],
-                                   settings["inner_lr"], settings["episode_batch"],
-                                   first_order=settings["first_order"])
+        self.maml = ReplaySettings.from_settings(settings, ctx.way, ctx.shot)
         self.rng = np.random.default_rng(ctx.generator("purer-numpy").initial_seed())
         self.torch_rng = ctx.generator("purer-torch")
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["iterations"])
@@ -211,11 +209,11 @@ class PurerTraining:
         return loss
 
     def meta_step(self) -> float:
-        """Step 4: `episode_batch` MAML episodes on the (detached) pseudo data, summed, one Adam step."""
+        """Step 4: `replay_episode_batch` MAML episodes on the (detached) pseudo data, summed, one Adam step."""
         self.optimizer.zero_grad(set_to_none=True)
         ordered = self.s["episode_split"] == "ordered"
         episodes = [self.data.episode(self.ctx.way, self.ctx.shot, self.rng, ordered, detach=True)
-                    for _ in range(self.s["episode_batch"])]
+                    for _ in range(self.s["replay_episode_batch"])]
         gradients, accuracies = maml_meta_gradient(self.model, episodes, self.maml)
         add_gradients(self.model, gradients)
         self.optimizer.step()

@@ -90,8 +90,8 @@ def bidf_event_reference(training, teacher, rng, boundary: bool) -> tuple[torch.
     adapted = dict(model.named_parameters())
     for _ in range(s["kd_inner_steps"]):
         grads = torch.autograd.grad(kd_loss(forward(model, adapted, views), targets, s["kd_quirk"]),
-                                    list(adapted.values()), create_graph=not s["first_order"])
-        adapted = {n: p - s["inner_lr"] * g for (n, p), g in zip(adapted.items(), grads)}
+                                    list(adapted.values()), create_graph=not s["kd_first_order"])
+        adapted = {n: p - s["kd_inner_lr"] * g for (n, p), g in zip(adapted.items(), grads)}
     frozen = {n: p.detach() for n, p in adapted.items()}
     student = (lambda x: forward(model, frozen, x)) if boundary else None
     query = recovered(training.query_labels, student, s["adv_weight"] if boundary else 0.0)

@@ -219,7 +219,7 @@ def test_assigning_a_whole_section_is_checked(quickstart):
 def test_builtin_suites():
     assert {"quickstart", "baselines"} <= set(suite_names())
     suite = load_suite("quickstart")
-    assert suite.name == "quickstart" and suite.version == 1
+    assert suite.name == "quickstart" and suite.version == 2
     assert {"paper", "cpu", "smoke"} <= set(suite.profiles)
     assert suite.body["methods"] == ["random", "best-model", "average", "free"]
     assert "profiles" not in suite.body and "description" not in suite.body

@@ -13,11 +13,11 @@ from dfmlbench.methods import create_method
 from dfmlbench.methods.bidf_mkd import BiDfTraining
 from dfmlbench.methods.purer import PurerTraining
 
-PURER_TINY = {"iterations": 3, "candidate_teachers": 2, "query": 3, "episode_batch": 2, "inner_steps": 2,
-              "adv_start": 1, "adv_patience": 1, "val_interval": 2}
+PURER_TINY = {"iterations": 3, "candidate_teachers": 2, "replay_query": 3, "replay_episode_batch": 2,
+              "replay_inner_steps": 2, "adv_start": 1, "adv_patience": 1, "val_interval": 2}
 BIDF_TINY = {"meta_iterations": 4, "episode_batch": 2, "generate_interval": 2, "support_per_class": 3,
              "query_per_class": 3, "generator_iterations": 3, "nz": 16, "ngf": 8, "kd_inner_steps": 2,
-             "inner_steps": 2, "replay_query": 2, "adv_start": 0, "val_interval": 2}
+             "replay_inner_steps": 2, "replay_query": 2, "adv_start": 0, "val_interval": 2}
 
 
 def context(method, tmp_path, shot=1):

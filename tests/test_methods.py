@@ -59,3 +59,19 @@ def test_average_is_the_elementwise_mean_of_all_teachers(tiny_pool, tmp_path):
         torch.testing.assert_close(value, expected)
     mean = average_state(states)
     assert set(mean) == set(states[0])  # running statistics are averaged too (harmless)
+
+
+@pytest.mark.parametrize("name", ["free", "purer", "bidf-mkd"])
+def test_replay_settings_share_one_vocabulary(name):
+    """FREE, PURER and BiDf-MKD name every MAML-replay setting `replay_<field>`; a user's value
+    reaches the replay, and no unprefixed twin (`inner_steps`, `first_order`...) is left."""
+    from dataclasses import fields
+
+    from dfmlbench.maml import REPLAY_PREFIX, ReplaySettings
+    method = create_method(name, {"replay_inner_steps": 3, "replay_inner_lr": 0.02, "replay_query": 4})
+    replay = ReplaySettings.from_settings(method.settings, 5, 1)
+    assert (replay.inner_steps, replay.inner_lr, replay.query) == (3, 0.02, 4)
+    shared = {"episode_batch"} if name == "bidf-mkd" else set()  # its meta-batch: events and replay alike
+    assert not ({f.name for f in fields(ReplaySettings)} - shared) & set(method.settings)
+    assert {"replay_inner_steps", "replay_inner_lr", "replay_query", "replay_first_order"} <= {
+        key for key in method.settings if key.startswith(REPLAY_PREFIX)}

@@ -41,11 +41,11 @@ TINY = {
     "free": {"epochs": 1, "warmup_epochs": 1, "teachers_per_epoch": 2, "images_per_class": 3, "nz": 16,
              "ngf": 8, "k": 2, "replay_query": 2, "replay_episode_batch": 1, "replay_max_metabatches": 1,
              "val_interval": 1},
-    "purer": {"iterations": 2, "candidate_teachers": 3, "query": 2, "episode_batch": 1, "inner_steps": 1,
-              "val_interval": 2},
+    "purer": {"iterations": 2, "candidate_teachers": 3, "replay_query": 2, "replay_episode_batch": 1,
+              "replay_inner_steps": 1, "val_interval": 2},
     "bidf-mkd": {"meta_iterations": 2, "episode_batch": 1, "generate_interval": 2, "support_per_class": 2,
                  "query_per_class": 2, "generator_iterations": 2, "nz": 16, "ngf": 8, "kd_inner_steps": 1,
-                 "inner_steps": 1, "replay_query": 2, "val_interval": 2},
+                 "replay_inner_steps": 1, "replay_query": 2, "val_interval": 2},
 }
 
 

@@ -164,7 +164,7 @@ def context(method, tmp_path):
 
 
 def test_purer_pixel_gradient_equals_one_graph_over_the_teachers(tiny_pool, tmp_path, kernel):
-    method = create_method("purer", {"candidate_teachers": 3, "query": 3, "loss_quirk": True})
+    method = create_method("purer", {"candidate_teachers": 3, "replay_query": 3, "loss_quirk": True})
     training = PurerTraining(method.settings, tiny_pool, context(method, tmp_path))
     numpy_state = training.rng.bit_generator.state
     torch_state = training.torch_rng.get_state()
