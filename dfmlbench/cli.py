@@ -1,4 +1,4 @@
-"""`python -m dfmlbench run|report|list|compare|data`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|plan|report|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ctypes
 import shlex
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from dfmlbench.errors import UserError, note
 
@@ -19,23 +19,36 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see: python -m {self.prog} --help)")
 
 
+def _add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """What selects a suite's cells and where their records go (run and plan alike)."""
+    parser.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
+    parser.add_argument("--method", action="extend", nargs="+", metavar="NAME",
+                        help="only these methods (--method a b, or --method a --method b); "
+                             "default: the suite's methods")
+    parser.add_argument("--profile", help="paper, cpu or smoke (default: the suite's default_profile)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set protocol.test_episodes=100 (repeatable)")
+    parser.add_argument("--out", default="runs", help="records folder (default: ./runs)")
+    parser.add_argument("--device", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--data-root", help="folder holding dataset files (else $DFMLBENCH_DATA, ../shared/data)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dfmlbench", description="Benchmark harness for data-free meta-learning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a suite's cells (method x dataset x shot x seed)")
-    run.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
-    run.add_argument("--method", action="extend", nargs="+", metavar="NAME",
-                     help="run only these methods (--method a b, or --method a --method b); "
-                          "default: the suite's methods")
-    run.add_argument("--profile", help="paper, cpu or smoke (default: the suite's default_profile)")
-    run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a setting, e.g. --set protocol.test_episodes=100 (repeatable)")
-    run.add_argument("--out", default="runs", help="records folder (default: ./runs)")
-    run.add_argument("--device", help="auto, cpu or cuda[:N] (default: auto)")
-    run.add_argument("--data-root", help="folder holding dataset files (else $DFMLBENCH_DATA, ../shared/data)")
+    _add_cell_arguments(run)
     run.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--shard", metavar="I/N", help="run only shard I of N of the cells (for another scheduler)")
+    run.add_argument("--launcher", choices=["local", "slurm"],
+                     help="submit each pending cell as its own job through submitit (settings: launcher.*)")
+
+    plan = sub.add_parser("plan", help="a suite's cells, their status in --out, the pools they need and "
+                                       "their estimated cost; runs nothing")
+    _add_cell_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     report = sub.add_parser("report", help="a suite's table (Markdown, LaTeX, CSV) and figures from its records")
     report.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
@@ -70,10 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _resolved_cells(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
+    """The suite, its resolved config and its method cells, from run's or plan's arguments."""
     from dfmlbench.config import load_suite, parse_assignment, resolve
-    from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
-    from dfmlbench.runner import expand_cells, run_cells, summary_table
+    from dfmlbench.planning import expand_cells
 
     assignments = [parse_assignment(a) for a in args.assignments]
     if args.device:
@@ -82,8 +95,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
         assignments.append(("runtime.data_root", args.data_root))
     suite = load_suite(args.suite)
     config = resolve(suite, args.profile, assignments)
-    cells = expand_cells(config, args.method)
+    return suite, config, expand_cells(config, args.method)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from dfmlbench.status import plan, plan_json, plan_table
+
+    suite, config, cells = _resolved_cells(args)
+    planned = plan(cells, Path(args.out))
+    data_root = config["runtime"]["data_root"]
+    if args.json:
+        print(json.dumps(plan_json(planned, data_root), indent=1))
+    else:
+        print(f"suite {suite.name} (profile {config['profile']}), records under {args.out}:")
+        print(plan_table(planned, data_root))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
+    from dfmlbench.planning import parse_shard, shard
+    from dfmlbench.runner import run_cells, summary_table
+
+    suite, config, cells = _resolved_cells(args)
+    if args.launcher:
+        from dfmlbench.launch import launch
+        if args.shard:
+            raise UserError("--shard and --launcher do not mix: the launcher submits every pending cell itself")
+        return launch(args, config, cells)
     analyses = [] if args.method else expand_analysis_cells(config)
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        cells, analyses = shard(cells, Path(args.out), index, count), analyses[index - 1::count]
     print(f"suite {suite.name} (profile {config['profile']}): {len(cells) + len(analyses)} cell(s) -> {args.out}")
     # Method cells first: their pre-flight checks every input before anything runs.
     outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
@@ -92,10 +137,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{cell.label}: {status}")
     if outcomes:
         print(summary_table(outcomes))
-    ran = sum(o.status == "ran" for o in outcomes)
-    recorded = sum(o.status == "recorded" for o in outcomes)
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "recorded", "running")}
     failed = [o for o in outcomes if o.status == "failed"]
-    print(f"{ran} cell(s) run, {recorded} already recorded, {len(failed)} failed; records under {args.out}")
+    print(f"{counts['ran']} cell(s) run, {counts['recorded']} already recorded, "
+          f"{counts['running']} running elsewhere, {len(failed)} failed; records under {args.out}")
     for o in failed:
         print(f"failed: {o.cell.label}: {o.record['error']} (traceback in {o.path})", file=sys.stderr)
     return 1 if failed else 0
@@ -215,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "report":
             return _cmd_report(args, argv)
-        handler = {"run": _cmd_run, "list": _cmd_list, "compare": _cmd_compare,
+        handler = {"run": _cmd_run, "plan": _cmd_plan, "list": _cmd_list, "compare": _cmd_compare,
                    "data": _cmd_data}[args.command]
         return handler(args)
     except UserError as exc:

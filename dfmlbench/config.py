@@ -57,11 +57,15 @@ DEFAULTS: dict[str, Any] = {
     # Settings that change speed or location, never results: left out of the config hash.
     # `download`: let a dataset that can (cifar-fs) fetch its missing source files.
     "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False},
+    # How `run --launcher local|slurm` sizes each job (submitit); never part of a config hash.
+    # `slurm`: any further sbatch option, e.g. {qos: high, constraint: a100} (as --qos=high).
+    "launcher": {"gpus_per_job": 0, "cpus_per_job": 2, "mem_gb": 16, "timeout_min": 720, "partition": None,
+                 "account": None, "array_parallelism": 32, "slurm": {}},
 }
 SMOKE_PROFILE = "smoke"
 # Where every `smoke` profile starts (seconds on a CPU, for tests): a 3-teacher pool of 2
 # epochs, 5-way 1-shot, 20 small test episodes. The suite's own smoke profile and `--set` win;
-# every method runs at its own `smoke_settings` (runner._build_method).
+# every method runs at its own `smoke_settings` (planning._build_method).
 SMOKE_BASE: dict[str, Any] = {"shots": [1], "pool.num_teachers": 3, "pool.epochs": 2, "protocol.test_episodes": 20,
                               "protocol.val_episodes": 10, "protocol.query": 5}
 SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper", "report")
@@ -140,7 +144,7 @@ def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, pre
                 _check_dotted(swept, f"{where} sweep")
                 if not isinstance(values, list) or not values:
                     raise UserError(f"{where}: sweep.{swept} must be a non-empty list of values")
-        elif isinstance(reference[key], dict):
+        elif isinstance(reference[key], dict) and reference[key]:  # an empty default: any keys
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 
@@ -155,6 +159,8 @@ def _check_dotted(key: str, where: str) -> None:
         return
     node: Any = DEFAULTS
     for i, part in enumerate(parts):
+        if node == {}:  # a mapping of free keys (launcher.slurm)
+            return
         if not isinstance(node, dict) or part not in node:
             choices = list(node) if isinstance(node, dict) else []
             hint = did_you_mean(part, choices) if choices else "it has no sub-settings"
@@ -220,6 +226,8 @@ def resolve(suite: Suite, profile: str | None, assignments: list[tuple[str, Any]
     _coerce_settings(config)
     config["suite"] = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
     config["profile"] = profile
+    # What the user changed, readable in every record (not part of any cell's config hash).
+    config["overrides"] = {key: value for key, value in assignments}
     return config
 
 

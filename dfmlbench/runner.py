@@ -1,150 +1,43 @@
-"""Expand a suite into cells (method x dataset x shot x seed), skip cells already recorded with
-the same config hash, run the rest, write their records, print a summary."""
+"""Execution: run planned cells (`planning`), skipping cells already recorded with the same
+config hash; each cell is fit, meta-tested and recorded; a summary table of the outcomes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 import traceback
-import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from dfmlbench.config import SMOKE_PROFILE, assign, config_hash, sweep_points
 from dfmlbench.data import load_dataset
 from dfmlbench.episodes import make_episodes
 from dfmlbench.errors import UserError, note
 from dfmlbench.data.base import ImageDataset
-from dfmlbench.data.multidomain import MEMBERS as MULTIDOMAIN_MEMBERS, MultiDomainDataset
+from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
 from dfmlbench.kernels import kernel_for
 from dfmlbench.learner import Learner
-from dfmlbench.method import Method, RunContext
-from dfmlbench.methods import METHODS, create_method, free_settings
-from dfmlbench.registry import did_you_mean
+from dfmlbench.method import RunContext
 from dfmlbench.data.facts import check_fit, measured_facts
 from dfmlbench.paths import cache_dir, check_writable_folder
-from dfmlbench.pool import MIXED, MIXED_ARCHITECTURES, PoolSpec, check_pool_source, obtain_pool, planned_pool_key
+from dfmlbench.locks import claimed
+from dfmlbench.planning import Cell, cell_stem, unique_cells
+from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
-from dfmlbench.records import device_name, environment, finished_record, method_label, record_stem, write_record
+from dfmlbench.records import device_name, environment, finished_record, method_label, write_record
 from dfmlbench.stats import summarize
-
-
-@dataclass
-class Cell:
-    method: Method
-    dataset: str
-    shot: int
-    seed: int
-    config: dict[str, Any]
-    hash: str
-    sweep: dict[str, Any] = field(default_factory=dict)  # this cell's values of the swept settings
-
-    @property
-    def label(self) -> str:
-        swept = "".join(f" {key}={value}" for key, value in self.sweep.items())
-        return (f"{self.method.name} {self.dataset} {self.config['protocol']['way']}w{self.shot}s "
-                f"seed {self.seed}{swept}")
 
 
 @dataclass
 class Outcome:
     cell: Cell
-    status: str  # "ran", "recorded" (skipped: already done), "failed"
+    status: str  # "ran", "recorded" (skipped: already done), "running" (in another process), "failed"
     record: dict[str, Any] | None
     path: Path
-
-
-def _build_method(name: str, config: dict[str, Any], unused: set[str]) -> Method:
-    """Settings, lowest priority first: the method's own smoke settings (under the `smoke`
-    profile only), the paper budget scaled by `budget_fraction` (under `smoke`, at most the
-    smoke budget: smoke means seconds), the base method's block (e.g. `free`, for all its
-    variants, less what a variant fixes), the entry's own block, then `--set method.KEY`."""
-    free = free_settings(name)
-    method_class = METHODS.get(name).load()
-    base = method_class.name
-    fraction = config.get("budget_fraction")
-    smoke = method_class.smoke_settings if config["profile"] == SMOKE_PROFILE else {}
-    settings = {k: v for k, v in smoke.items() if k in free}
-    if fraction is not None:
-        settings.update({k: min(v, smoke.get(k, v)) for k, v in method_class.budget_at(fraction).items() if k in free})
-    settings.update({k: v for k, v in (config["method_settings"].get(base) or {}).items() if k in free})
-    settings.update(config["method_settings"].get(name) or {})
-    for key, value in config.get("method_overrides", {}).items():
-        if key in free:  # `--set method.KEY` skips methods (variants) that fix KEY
-            settings[key] = value
-            unused.discard(key)
-    return create_method(name, settings)
-
-
-def expand_cells(config: dict[str, Any], methods: list[str] | None = None) -> list[Cell]:
-    """Method cells at every sweep point; a method the sweep does not touch (e.g. Random under
-    a pool-size sweep) gets the same cell, by hash, at each point and runs once."""
-    names = methods or config["methods"]
-    if not names:
-        if config.get("analyses"):
-            return []
-        raise UserError("no methods to run: pass --method NAME or list methods in the suite")
-    cells: list[Cell] = []
-    for point in sweep_points(config):
-        swept = copy.deepcopy(config)
-        for key, value in point.items():
-            assign(swept, key, value)
-        cells += [replace(cell, sweep=point) for cell in _expand_point(swept, names)]
-    return cells
-
-
-def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
-    unknown = sorted(set(config["method_settings"]) - set(METHODS.names()))
-    if unknown:
-        raise UserError(f"method_settings names an unknown method '{unknown[0]}': "
-                        f"{did_you_mean(unknown[0], METHODS.names())}")
-    unused = set(config.get("method_overrides", {}))
-    built = [_build_method(name, config, unused) for name in names]
-    if unused:
-        key = sorted(unused)[0]
-        known = sorted(set().union(*(free_settings(n) for n in names)))
-        hint = did_you_mean(key, known) if known else "they take no settings"
-        raise UserError(f"--set method.{key}: none of the methods run ({', '.join(names)}) "
-                        f"has that setting free to change; {hint}")
-    # Optional keys left at null stay out of the cell config, so older hashes remain valid.
-    protocol = {k: v for k, v in config["protocol"].items() if not (k == "lr_grid" and v is None)}
-    cells = []
-    for method in built:
-        for dataset in config["datasets"]:
-            _check_pool_fits_method(method, dataset, config["pool"])
-            for shot in config["shots"]:
-                for seed in config["seeds"]:
-                    cell_config = {
-                        "suite": config["suite"], "profile": config["profile"],
-                        "method": {"name": method.name, "settings": method.settings},
-                        "dataset": dataset, "shot": int(shot), "seed": int(seed),
-                        "protocol": protocol, "learner": config["learner"],
-                        "runtime": config["runtime"],
-                    }
-                    if method.uses_teachers:
-                        cell_config["pool"] = config["pool"]
-                    if config.get("budget_fraction") is not None:  # absent: older hashes stay valid
-                        cell_config["budget_fraction"] = config["budget_fraction"]
-                    cells.append(Cell(method, dataset, int(shot), int(seed), cell_config,
-                                      config_hash(cell_config)))
-    return cells
-
-
-def _check_pool_fits_method(method: Method, dataset: str, pool: dict[str, Any]) -> None:
-    """Methods that start from teacher weights, refused before any pool is built where the
-    pool cannot give them one architecture to copy (a brought-in pool is checked on loading)."""
-    if method.copies_teacher_weights and dataset in MULTIDOMAIN_MEMBERS:
-        raise UserError(f"{method.name} starts the meta-learner from teacher weights, which the multi-domain "
-                        f"dataset '{dataset}' cannot give (its teachers see the shared images through a wrapper, "
-                        "its learner is conv4-any); run it on each domain's own dataset")
-    if method.fuses_weights and pool["arch"] == MIXED and not pool["path"]:
-        raise UserError(f"{method.name} fuses teacher weights element-wise, so it needs one architecture; "
-                        f"pool.arch={MIXED} mixes {', '.join(MIXED_ARCHITECTURES)}: set pool.arch to one of them")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -260,7 +153,7 @@ class CellRunner:
                 "pool_seconds": pool_seconds,
                 "wall_seconds": time.perf_counter() - wall,
             },
-            "sweep": cell.sweep,
+            "sweep": cell.sweep, "overrides": cell.overrides,
             "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
             "pool": pool_info, "dataset_fingerprint": dataset.fingerprint(),
             "config": config, "environment": environment(device),
@@ -269,11 +162,6 @@ class CellRunner:
         }
         write_record(stem, record, accuracies)
         return record
-
-
-def cell_stem(out_dir: Path, cell: Cell) -> Path:
-    return record_stem(out_dir, cell.config["suite"]["name"], cell.config["profile"], cell.method.name,
-                       cell.dataset, cell.config["protocol"]["way"], cell.shot, cell.seed, cell.hash)
 
 
 @dataclass(frozen=True)
@@ -341,8 +229,7 @@ def _note_mixed_environments(records: list[dict[str, Any]], device: torch.device
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
               show_progress: bool | None = None) -> list[Outcome]:
     runner = CellRunner(out_dir, show_progress, resume=not force)
-    unique = {cell_stem(out_dir, cell): cell for cell in reversed(cells)}  # first of identical cells
-    cells = [cell for cell in cells if unique.get(cell_stem(out_dir, cell)) is cell]
+    cells = unique_cells(cells, out_dir)
     stems = [cell_stem(out_dir, cell) for cell in cells]
     expected = preflight(cells, out_dir)
     recorded = [None if force else _done(stem, cell, expected[stem]) for cell, stem in zip(cells, stems)]
@@ -356,20 +243,30 @@ def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
         if record is not None:
             outcomes.append(Outcome(cell, "recorded", record, stem.with_suffix(".json")))
             continue
-        try:
-            record = runner.run(cell, stem)
-            outcomes.append(Outcome(cell, "ran", record, stem.with_suffix(".json")))
-        except UserError:
-            raise
-        except Exception as exc:  # a crashed cell is recorded (beside any finished record) and the others run
-            failed = {"status": "failed", "config_hash": cell.hash, "method": cell.method.name,
-                      "dataset": cell.dataset, "shot": cell.shot, "seed": cell.seed,
-                      "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                      "config": cell.config, "environment": environment(resolve_device(cell.config["runtime"]["device"]))}
-            path = write_record(stem, failed, None)
-            outcomes.append(Outcome(cell, "failed", failed, path))
-            tqdm.write(f"cell failed: {cell.label}: {type(exc).__name__}: {exc}")
+        with claimed(stem) as mine:  # jobs sharing the folder never run one cell twice
+            if not mine:
+                tqdm.write(f"skipped: {cell.label} is running in another process")
+                outcomes.append(Outcome(cell, "running", None, stem.with_suffix(".json")))
+                continue
+            record = None if force else _done(stem, cell, expected[stem])  # finished there meanwhile
+            outcomes.append(Outcome(cell, "recorded", record, stem.with_suffix(".json")) if record is not None
+                            else _run_one(runner, cell, stem))
     return outcomes
+
+
+def _run_one(runner: CellRunner, cell: Cell, stem: Path) -> Outcome:
+    try:
+        return Outcome(cell, "ran", runner.run(cell, stem), stem.with_suffix(".json"))
+    except UserError:
+        raise
+    except Exception as exc:  # a crashed cell is recorded (beside any finished record) and the others run
+        failed = {"status": "failed", "config_hash": cell.hash, "method": cell.method.name,
+                  "dataset": cell.dataset, "shot": cell.shot, "seed": cell.seed,
+                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                  "config": cell.config, "environment": environment(resolve_device(cell.config["runtime"]["device"]))}
+        path = write_record(stem, failed, None)
+        tqdm.write(f"cell failed: {cell.label}: {type(exc).__name__}: {exc}")
+        return Outcome(cell, "failed", failed, path)
 
 
 def recovery_seconds(record: dict[str, Any] | None) -> float | None:

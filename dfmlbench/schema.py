@@ -159,6 +159,13 @@ GLOBAL_RULES: dict[str, Rule] = {
     "runtime.eval_chunk": COUNT,
     "runtime.data_root": optional(text()),
     "runtime.download": flag(),
+    "launcher.gpus_per_job": integer(0),
+    "launcher.cpus_per_job": COUNT,
+    "launcher.mem_gb": POSITIVE,
+    "launcher.timeout_min": COUNT,
+    "launcher.partition": optional(text()),
+    "launcher.account": optional(text()),
+    "launcher.array_parallelism": COUNT,
 }
 
 

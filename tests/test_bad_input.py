@@ -115,7 +115,7 @@ def test_bad_settings_stop_before_anything_is_built(argv, fragments, tmp_path, m
 
 def test_exponent_floats_are_numbers_in_suite_files_too(tmp_path):
     from dfmlbench.config import load_suite, resolve
-    from dfmlbench.runner import expand_cells
+    from dfmlbench.planning import expand_cells
 
     path = tmp_path / "floats.yaml"
     path.write_text("suite: floats\nmethods: [free]\ndatasets: [glyphs]\nprotocol: {lr: 1e-2}\n"
@@ -299,7 +299,7 @@ def test_records_of_another_thread_count_are_named(runs, tmp_path):
 
 def free_cell_artifacts(out: Path) -> Path:
     from dfmlbench.config import load_suite, resolve
-    from dfmlbench.runner import cell_stem, expand_cells
+    from dfmlbench.planning import cell_stem, expand_cells
 
     (cell,) = expand_cells(resolve(load_suite("quickstart"), "smoke", []), ["free"])
     return cell_stem(out, cell).with_suffix(".artifacts")

@@ -17,7 +17,7 @@ from dfmlbench.data import DATASETS
 from dfmlbench.errors import UserError
 from dfmlbench.methods import METHODS, create_method
 from dfmlbench.registry import Registry, did_you_mean
-from dfmlbench.runner import expand_cells
+from dfmlbench.planning import expand_cells
 
 
 def write_suite(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:

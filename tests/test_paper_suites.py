@@ -11,7 +11,7 @@ import pytest
 from dfmlbench.analysis.cells import expand_analysis_cells
 from dfmlbench.cli import main
 from dfmlbench.config import load_suite, resolve
-from dfmlbench.runner import expand_cells
+from dfmlbench.planning import expand_cells
 
 PAPER_SUITES = ["table2", "table3", "table4", "table5", "fig4", "fig5", "fig6", "fig7"]
 

@@ -15,7 +15,8 @@ import pytest
 from dfmlbench.cli import main
 from dfmlbench.config import load_suite, parse_assignment, resolve
 from dfmlbench.records import write_record
-from dfmlbench.runner import cell_stem, expand_cells, run_cells
+from dfmlbench.planning import cell_stem, expand_cells
+from dfmlbench.runner import run_cells
 from dfmlbench.stats import paired_test, summarize
 
 SUITE = textwrap.dedent("""

@@ -21,6 +21,7 @@ from dfmlbench import __version__
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import DomainTeacher, MultiDomainDataset
 from dfmlbench.errors import UserError, note
+from dfmlbench.locks import exclusive
 from dfmlbench.models import ARCHITECTURES
 from dfmlbench.pool.pretrain import PretrainSettings, derive_seed, pretrain_teacher, teacher_classes
 from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, TeacherPool, pool_error,
@@ -186,9 +187,10 @@ def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, devi
         return load_pool(Path(spec.path).expanduser(), spec.num_teachers, device, dataset=dataset)
     key = pool_key(dataset, spec)
     folder = cache_folder(dataset, spec)
-    have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
-    if have < spec.num_teachers:
-        build_pool(dataset, spec, folder, device, on_teacher)
+    with exclusive(folder, f"the teacher pool {folder.name}"):  # one builder per pool, however many jobs
+        have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
+        if have < spec.num_teachers:
+            build_pool(dataset, spec, folder, device, on_teacher)
     pool = load_pool(folder, spec.num_teachers, device, key, dataset)
     pool.metadata["training_note"] = _note_training(pool)
     return pool

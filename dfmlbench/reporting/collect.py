@@ -13,7 +13,7 @@ from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysi
 from dfmlbench.errors import UserError, note
 from dfmlbench.records import finished_record, load_per_episode, method_label
 from dfmlbench.reporting.paper import display_name
-from dfmlbench.runner import Cell, cell_stem, expand_cells
+from dfmlbench.planning import Cell, cell_stem, expand_cells
 from dfmlbench.stats import Z95, summarize
 
 

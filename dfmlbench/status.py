@@ -1,0 +1,172 @@
+"""What `plan` shows before anything runs: each cell's status in a records folder, the pools it
+needs, and what it will cost (measured on records of the same settings, else the paper's
+Time column scaled to the cell's budget)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfmlbench.config import config_hash
+from dfmlbench.data import load_dataset
+from dfmlbench.data.multidomain import MultiDomainDataset
+from dfmlbench.errors import UserError
+from dfmlbench.locks import is_held
+from dfmlbench.planning import Cell, cell_stem, unique_cells
+from dfmlbench.pool import MANIFEST, PoolSpec, cache_folder
+from dfmlbench.records import failed_path, finished_record, parse_record
+from dfmlbench.reporting.paper import paper_table
+
+STATUSES = ("done", "running", "failed", "pending")
+
+
+def cell_status(stem: Path, cell: Cell) -> str:
+    """done: a finished record of this hash; running: another process holds the cell's lock;
+    failed: its last attempt crashed; pending: none of these."""
+    if finished_record(stem, cell.hash)[0] is not None:
+        return "done"
+    if is_held(stem):
+        return "running"
+    return "failed" if failed_path(stem).is_file() else "pending"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None
+    source: str  # "measured (n records)", "paper Time x budget share", or "none"
+
+    def text(self) -> str:
+        if self.seconds is None:
+            return "-"
+        hours = self.seconds / 3600
+        return f"{hours:.2f} h" if hours >= 0.1 else f"{self.seconds / 60:.1f} min"
+
+
+def settings_key(config: dict[str, Any]) -> str:
+    """A cell's config hash with its seed left out: records of other seeds of the same settings
+    measure what this cell will cost."""
+    unseeded = copy.deepcopy(config)
+    unseeded.pop("seed", None)
+    return config_hash(unseeded)
+
+
+def measured_seconds(out_dir: Path) -> dict[str, list[float]]:
+    """Wall seconds of every finished record under `out_dir`, by settings key."""
+    found: dict[str, list[float]] = {}
+    for path in sorted(Path(out_dir).glob("*/*/*/*.json")):
+        record, _ = parse_record(path)
+        if not record or record.get("status") != "ok" or not isinstance(record.get("config"), dict):
+            continue
+        seconds = (record.get("timings") or {}).get("wall_seconds")
+        if isinstance(seconds, (int, float)):
+            found.setdefault(settings_key(record["config"]), []).append(float(seconds))
+    return found
+
+
+def paper_share(cell: Cell) -> float | None:
+    """The share of the paper's budget this cell runs: its training length (the first key of
+    the method's `paper_budget`) over the paper's."""
+    budget = type(cell.method).paper_budget
+    if not budget:
+        return None
+    key, paper = next(iter(budget.items()))
+    return float(cell.method.settings.get(key, paper)) / paper
+
+
+def estimate(cell: Cell, measured: dict[str, list[float]]) -> Estimate:
+    runs = measured.get(settings_key(cell.config))
+    if runs:
+        return Estimate(sum(runs) / len(runs), f"measured ({len(runs)} record{'s' * (len(runs) > 1)})")
+    table = paper_table("table2")
+    hours = table.hours(cell.method.name, cell.dataset)
+    if hours is None:
+        hours = table.hours(type(cell.method).name, cell.dataset)  # a variant: its base method's
+    share = paper_share(cell)
+    if hours is None or share is None:
+        return Estimate(None, "none")
+    return Estimate(hours * share * 3600, "paper Time x budget share")
+
+
+@dataclass(frozen=True)
+class PoolNeed:
+    dataset: str
+    spec: PoolSpec
+
+    @property
+    def label(self) -> str:
+        s = self.spec
+        if s.path:
+            return f"{self.dataset}: brought-in pool {s.path} ({s.num_teachers} teachers)"
+        return f"{self.dataset}: {s.num_teachers} x {s.arch} {s.way}-way, {s.epochs} epochs, seed {s.seed}"
+
+    def state(self, data_root: str | None) -> str:
+        """How many of its teachers the cache holds (needs the dataset on disk)."""
+        if self.spec.path:
+            return "brought in"
+        try:
+            dataset = load_dataset(self.dataset, data_root, False)
+        except UserError:
+            return "unknown (the dataset is not on this machine)"
+        if isinstance(dataset, MultiDomainDataset):
+            return "one pool per domain, built with the first cell"
+        folder = cache_folder(dataset, self.spec)
+        if not (folder / MANIFEST).is_file():
+            return "not built"
+        have = len(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("teachers", []))
+        return "built" if have >= self.spec.num_teachers else f"{have}/{self.spec.num_teachers} teachers built"
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    stem: Path
+    status: str
+    pool: PoolNeed | None
+    estimate: Estimate
+
+
+def plan(cells: list[Cell], out_dir: Path) -> list[PlannedCell]:
+    measured = measured_seconds(out_dir)
+    planned = []
+    for cell in unique_cells(cells, out_dir):
+        stem = cell_stem(out_dir, cell)
+        pool = PoolNeed(cell.dataset, PoolSpec.from_config(cell.config["pool"])) if cell.method.uses_teachers else None
+        planned.append(PlannedCell(cell, stem, cell_status(stem, cell), pool, estimate(cell, measured)))
+    return planned
+
+
+def plan_table(planned: list[PlannedCell], data_root: str | None) -> str:
+    rows = ["| # | cell | status | hash | estimate | estimated from |", "|---|---|---|---|---|---|"]
+    for index, p in enumerate(planned, 1):
+        rows.append(f"| {index} | {p.cell.label} | {p.status} | {p.cell.hash} | {p.estimate.text()} | "
+                    f"{p.estimate.source} |")
+    counts = ", ".join(f"{sum(p.status == s for p in planned)} {s}" for s in STATUSES)
+    todo = [p for p in planned if p.status != "done"]
+    known = [p.estimate.seconds for p in todo if p.estimate.seconds is not None]
+    unknown = len(todo) - len(known)
+    total = Estimate(sum(known), "") if known else Estimate(None, "")
+    lines = ["\n".join(rows), "", f"{len(planned)} cell(s): {counts}.",
+             f"Estimated cost of the {len(todo)} not done: {total.text()}"
+             + (f" plus {unknown} cell(s) without an estimate" if unknown else "")
+             + " (paper-based estimates count data recovery only, on one RTX 3090)."]
+    pools = list(dict.fromkeys(p.pool for p in planned if p.pool is not None))
+    if pools:
+        lines += ["", "Teacher pools (built once, before their cells):"]
+        lines += [f"- {need.label}: {need.state(data_root)}" for need in pools]
+    if planned:
+        lines += ["", f"Records: {planned[0].stem.parents[1]}/<method>/<dataset>-<way>w<shot>s-seed<seed>-<hash>.json"]
+    return "\n".join(lines)
+
+
+def plan_json(planned: list[PlannedCell], data_root: str | None) -> list[dict[str, Any]]:
+    states: dict[PoolNeed, str] = {}
+    return [{
+        "method": p.cell.method.name, "dataset": p.cell.dataset, "shot": p.cell.shot, "seed": p.cell.seed,
+        "sweep": p.cell.sweep, "config_hash": p.cell.hash, "record": str(p.stem.with_suffix(".json")),
+        "status": p.status, "estimate_seconds": p.estimate.seconds, "estimate_source": p.estimate.source,
+        "pool": None if p.pool is None else {
+            "label": p.pool.label, "state": states.setdefault(p.pool, p.pool.state(data_root))},
+    } for p in planned]
