@@ -139,8 +139,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary_table(outcomes))
     counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "recorded", "running")}
     failed = [o for o in outcomes if o.status == "failed"]
-    print(f"{counts['ran']} cell(s) run, {counts['recorded']} already recorded, "
-          f"{counts['running']} running elsewhere, {len(failed)} failed; records under {args.out}")
+    elsewhere = f"{counts['running']} running elsewhere, " if counts["running"] else ""
+    print(f"{counts['ran']} cell(s) run, {counts['recorded']} already recorded, {elsewhere}"
+          f"{len(failed)} failed; records under {args.out}")
     for o in failed:
         print(f"failed: {o.cell.label}: {o.record['error']} (traceback in {o.path})", file=sys.stderr)
     return 1 if failed else 0

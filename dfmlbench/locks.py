@@ -1,7 +1,7 @@
 """Advisory file locks, so that processes sharing a records folder or a pool cache (several
 jobs of one suite, on one machine or a cluster's shared file system) never do one piece of
 work twice. The operating system drops a lock with its process, so a killed job leaves none
-behind; the empty lock files stay."""
+behind (its empty lock file stays, under `.locks`)."""
 
 from __future__ import annotations
 
@@ -14,27 +14,31 @@ from filelock import FileLock, Timeout
 from dfmlbench.errors import note
 
 
-def lock_path(path: Path) -> Path:
-    """The lock file that guards `path` (a record stem or a pool folder): hidden, beside it. It
-    stays after release: removing a lock file another process waits on would let a third one
-    take a second lock on a new file."""
-    return path.with_name(f".{path.name}.lock")
+LOCKS = ".locks"
 
 
-def _lock(path: Path) -> FileLock:
-    lock_path(path).parent.mkdir(parents=True, exist_ok=True)
+def lock_path(path: Path, root: Path) -> Path:
+    """The lock file that guards `path` (a record stem or a pool folder) under `root` (the
+    records folder, the pools folder): `root/.locks/<path relative to root>.lock`, out of the
+    way of records and pools. It stays after release: removing a lock file that another process
+    has opened would let a third one take a second lock on a new file."""
+    return Path(root) / LOCKS / f"{Path(path).relative_to(root)}.lock"
+
+
+def _lock(path: Path, root: Path) -> FileLock:
+    lock_path(path, root).parent.mkdir(parents=True, exist_ok=True)
     # thread_local=False: a lock taken by one thread is the process's (as the work it guards)
-    return FileLock(lock_path(path), thread_local=False)
+    return FileLock(lock_path(path, root), thread_local=False)
 
 
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
+def exclusive(path: Path, root: Path, what: str) -> Iterator[None]:
     """Hold `path`'s lock, waiting (with one note) while another process holds it."""
-    lock = _lock(path)
+    lock = _lock(path, root)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        note(f"waiting for another job, which holds {what} ({lock_path(path)})")
+        note(f"waiting for another job, which holds {what} ({lock_path(path, root)})")
         lock.acquire()
     try:
         yield
@@ -43,10 +47,10 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
 
 
 @contextmanager
-def claimed(path: Path) -> Iterator[bool]:
+def claimed(path: Path, root: Path) -> Iterator[bool]:
     """Try to take `path`'s lock without waiting: yields True when this process holds it, False
     when another one does (its work is under way there)."""
-    lock = _lock(path)
+    lock = _lock(path, root)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -58,9 +62,9 @@ def claimed(path: Path) -> Iterator[bool]:
         lock.release()
 
 
-def is_held(path: Path) -> bool:
+def is_held(path: Path, root: Path) -> bool:
     """Whether another process holds `path`'s lock now (for `plan`'s "running")."""
-    if not lock_path(path).exists():
+    if not lock_path(path, root).exists():
         return False
-    with claimed(path) as mine:
+    with claimed(path, root) as mine:
         return not mine

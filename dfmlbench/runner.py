@@ -243,7 +243,7 @@ def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
         if record is not None:
             outcomes.append(Outcome(cell, "recorded", record, stem.with_suffix(".json")))
             continue
-        with claimed(stem) as mine:  # jobs sharing the folder never run one cell twice
+        with claimed(stem, out_dir) as mine:  # jobs sharing the folder never run one cell twice
             if not mine:
                 tqdm.write(f"skipped: {cell.label} is running in another process")
                 outcomes.append(Outcome(cell, "running", None, stem.with_suffix(".json")))

@@ -23,12 +23,12 @@ from dfmlbench.reporting.paper import paper_table
 STATUSES = ("done", "running", "failed", "pending")
 
 
-def cell_status(stem: Path, cell: Cell) -> str:
+def cell_status(stem: Path, cell: Cell, out_dir: Path) -> str:
     """done: a finished record of this hash; running: another process holds the cell's lock;
     failed: its last attempt crashed; pending: none of these."""
     if finished_record(stem, cell.hash)[0] is not None:
         return "done"
-    if is_held(stem):
+    if is_held(stem, out_dir):
         return "running"
     return "failed" if failed_path(stem).is_file() else "pending"
 
@@ -134,7 +134,7 @@ def plan(cells: list[Cell], out_dir: Path) -> list[PlannedCell]:
     for cell in unique_cells(cells, out_dir):
         stem = cell_stem(out_dir, cell)
         pool = PoolNeed(cell.dataset, PoolSpec.from_config(cell.config["pool"])) if cell.method.uses_teachers else None
-        planned.append(PlannedCell(cell, stem, cell_status(stem, cell), pool, estimate(cell, measured)))
+        planned.append(PlannedCell(cell, stem, cell_status(stem, cell, out_dir), pool, estimate(cell, measured)))
     return planned
 
 

@@ -7,6 +7,6 @@ suite=$1; profile=$2; runs=$3
 cd "$(dirname "$0")/.."
 dest="reports/$suite-$profile/records"
 mkdir -p "$dest"
-(cd "$runs" && find "$suite/$profile" -type f ! -name '*.pt' ! -name '*.lock' -print0) |
+(cd "$runs" && find "$suite/$profile" -type f ! -name '*.pt' -print0) |
   while IFS= read -r -d '' file; do mkdir -p "$dest/$(dirname "$file")"; cp "$runs/$file" "$dest/$file"; done
 python -m dfmlbench report --suite "$suite" --profile "$profile" --runs "$dest" --out "reports/$suite-$profile"

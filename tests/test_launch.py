@@ -55,7 +55,7 @@ def test_plan_on_a_half_run_folder_shows_what_is_done_and_what_it_cost(tmp_path,
 def test_a_cell_locked_by_another_process_is_running_and_not_run_twice(tmp_path, glyphs):
     cell = next(c for c in expand_cells(resolve(load_suite("quickstart"), "smoke", []), ["random"]))
     stem = cell_stem(tmp_path, cell)
-    with claimed(stem) as mine:  # a second open file description: as another process would hold it
+    with claimed(stem, tmp_path) as mine:  # a second open file description: as another process would hold it
         assert mine
         listed = json.loads(call("plan", *SMOKE, "--method", "random", "--out", tmp_path, "--json").out)
         assert listed[0]["status"] == "running"

@@ -187,7 +187,7 @@ def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, devi
         return load_pool(Path(spec.path).expanduser(), spec.num_teachers, device, dataset=dataset)
     key = pool_key(dataset, spec)
     folder = cache_folder(dataset, spec)
-    with exclusive(folder, f"the teacher pool {folder.name}"):  # one builder per pool, however many jobs
+    with exclusive(folder, pools_root(), f"the teacher pool {folder.name}"):  # one builder, however many jobs
         have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
         if have < spec.num_teachers:
             build_pool(dataset, spec, folder, device, on_teacher)
