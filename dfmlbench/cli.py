@@ -1,4 +1,4 @@
-"""`python -m dfmlbench run|plan|report|list|compare|data`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|plan|report|results|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="the same overrides the records were run with")
     report.add_argument("--runs", default="runs", help="records folder, as given to run --out (default: ./runs)")
     report.add_argument("--out", help="report folder (default: reports/SUITE-PROFILE)")
+
+    results = sub.add_parser("results", help="every record under a runs folder as one table (pandas), "
+                                             "with sweep values and --set overrides as columns")
+    results.add_argument("--runs", default="runs", help="records folder, as given to run --out (default: ./runs)")
+    results.add_argument("--suite", help="only this suite's records")
+    results.add_argument("--csv", type=Path, metavar="FILE", help="write every column to this CSV file")
 
     lister = sub.add_parser("list", help="list methods, suites, datasets or analyses")
     lister.add_argument("what", nargs="?", default="methods",
@@ -145,6 +151,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for o in failed:
         print(f"failed: {o.cell.label}: {o.record['error']} (traceback in {o.path})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from dfmlbench.paths import write_bytes_atomic
+    from dfmlbench.results import results_frame
+
+    if not Path(args.runs).is_dir():
+        raise UserError(f"--runs {args.runs} is not a folder; pass the folder given to run --out")
+    frame = results_frame(Path(args.runs), args.suite)
+    if args.csv:
+        write_bytes_atomic(args.csv, frame.to_csv(index=False).encode())
+        print(f"{len(frame)} record(s) written to {args.csv}")
+        return 0
+    if frame.empty:
+        print(f"no records under {args.runs}" + (f" of suite {args.suite}" if args.suite else ""))
+        return 0
+    with pd_options():
+        print(frame.drop(columns=["config_hash", "record"]).to_string(index=False))
+    print(f"{len(frame)} record(s); --csv FILE writes every column (config hash and record path too)")
+    return 0
+
+
+def pd_options() -> Any:
+    import pandas as pd
+    return pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format",
+                             "{:.2f}".format)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -261,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "report":
             return _cmd_report(args, argv)
-        handler = {"run": _cmd_run, "plan": _cmd_plan, "list": _cmd_list, "compare": _cmd_compare,
+        handler = {"run": _cmd_run, "plan": _cmd_plan, "results": _cmd_results, "list": _cmd_list, "compare": _cmd_compare,
                    "data": _cmd_data}[args.command]
         return handler(args)
     except UserError as exc:
