@@ -145,3 +145,9 @@ class PlateauTrigger:
             self.best, self.stale = None, 0
             return True
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.stale = state["best"], state["stale"]

@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
+from dfmlbench.checkpoint import Checkpoints
 from dfmlbench.errors import UserError
 from dfmlbench.learner import Learner
 from dfmlbench.models import build_model
@@ -36,15 +37,18 @@ class RunContext:
     validator: Callable[[Learner], float] | None = None
     progress_factory: Callable[..., Any] | None = None
     resume: bool = True  # False under --force: a method's checkpoints are not resumed from
+    checkpoint_minutes: float | None = 10.0  # runtime.checkpoint_minutes; None: only where a method asks
     recovery_clock: Stopwatch = field(init=False)
     validation_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
     extra_learners: dict[str, Learner] = field(default_factory=dict)
+    checkpoints: Checkpoints = field(init=False)  # the resume-anywhere service (dfmlbench.checkpoint)
 
     def __post_init__(self) -> None:
         self.recovery_clock = Stopwatch(self.device)
         self.validation_clock = Stopwatch(self.device)
+        self.checkpoints = Checkpoints(self)
 
     def generator(self, purpose: str) -> torch.Generator:
         """A torch RNG seeded from the run seed and a purpose, so streams never interfere."""

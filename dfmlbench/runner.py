@@ -104,7 +104,8 @@ class CellRunner:
         artifacts = stem.with_suffix(".artifacts")
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
                          dataset.image_size, dataset.channels, protocol["way"], cell.shot,
-                         artifacts, validator, lambda **kw: self._bar(**kw), resume=self.resume)
+                         artifacts, validator, lambda **kw: self._bar(**kw), resume=self.resume,
+                         checkpoint_minutes=runtime["checkpoint_minutes"])
         torch.manual_seed(derive_seed(cell.seed, "global"))
         t0 = time.perf_counter()
         learner = cell.method.fit(pool, ctx)

@@ -159,6 +159,7 @@ GLOBAL_RULES: dict[str, Rule] = {
     "runtime.eval_chunk": COUNT,
     "runtime.data_root": optional(text()),
     "runtime.download": flag(),
+    "runtime.checkpoint_minutes": optional(number(0)),
     "launcher.gpus_per_job": integer(0),
     "launcher.cpus_per_job": COUNT,
     "launcher.mem_gb": POSITIVE,

@@ -5,6 +5,7 @@ is tested too (as a diagnostic on the same test episodes)."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -31,6 +32,12 @@ class ModelSelection:
         if accuracy > self.best_val:
             self.best_val, self.best_state = accuracy, copy.deepcopy(self.model.state_dict())
         return accuracy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val": self.best_val, "best_state": self.best_state or {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_val, self.best_state = state["best_val"], state["best_state"] or None
 
     def finish(self, method_label: str) -> Learner:
         """Queue the last state for a diagnostic test, load the best one and return it."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dfmlbench.adaptation import Params, forward, frozen_copy, sgd_steps
+from dfmlbench.checkpoint import numpy_rng_state, set_numpy_rng_state
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
@@ -75,7 +76,8 @@ class BiDfMKD(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
-        return BiDfTraining(self.settings, pool, ctx).run()
+        training, first = ctx.checkpoints.resume(lambda: BiDfTraining(self.settings, pool, ctx), "meta_iteration")
+        return training.run(first)
 
     def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
         """One generation event (support and boundary query recovered for a random teacher);
@@ -108,13 +110,16 @@ class BiDfTraining:
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["meta_iterations"])
         self.events = 0
         self.last_support: torch.Tensor | None = None
+        self.plateau = PlateauTrigger(settings["generate_interval"])
+        self.event_pending = True  # an event at the start, under either rule
 
-    def run(self) -> Learner:
+    def run(self, first: int = 1) -> Learner:
+        """Meta-iterations `first`.. to the end (after `ctx.checkpoints.resume`, from a checkpoint's)."""
         s, ctx = self.s, self.ctx
-        plateau = PlateauTrigger(s["generate_interval"])
-        pending = True  # an event at the start, under either rule
         with ctx.progress(s["meta_iterations"], "bidf-mkd meta-iterations") as bar:
-            for iteration in range(1, s["meta_iterations"] + 1):
+            bar.update(first - 1)
+            for iteration in range(first, s["meta_iterations"] + 1):
+                pending = self.event_pending
                 if s["event_rule"] == "periodic":
                     pending = pending or (iteration - 1) % s["generate_interval"] == 0
                 pending = pending or not self.bank_ready()
@@ -122,14 +127,38 @@ class BiDfTraining:
                 if pending:
                     pending = False
                 elif s["event_rule"] == "plateau":
-                    pending = plateau.stalled(accuracy)
+                    pending = self.plateau.stalled(accuracy)
+                self.event_pending = pending
                 if self.selection.due(iteration):
                     self.selection.observe(iteration)
+                ctx.checkpoints.after(iteration, s["meta_iterations"], self)
                 bar.update(1)
+        ctx.checkpoints.finish()
         ctx.info.update(generation_events=self.events, bank_images=len(self.bank),
                         bank_classes=len(self.bank.ready_classes))
         self.save_recovered_grid()
         return self.selection.finish("BiDf-MKD")
+
+    def state(self) -> dict[str, Any]:
+        """Everything the next meta-iterations depend on (dfmlbench.checkpoint)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.state_dict(), "bank": self.bank.state_dict(),
+                "numpy_rng": numpy_rng_state(self.rng), "torch_rng": self.torch_rng.get_state(),
+                "selection": self.selection.state_dict(), "plateau": self.plateau.state_dict(),
+                "event_pending": self.event_pending, "events": self.events,
+                "last_support": [] if self.last_support is None else [self.last_support]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.load_state_dict(state["generator"])
+        self.bank.load_state_dict(state["bank"])
+        set_numpy_rng_state(self.rng, state["numpy_rng"])
+        self.torch_rng.set_state(state["torch_rng"])
+        self.selection.load_state_dict(state["selection"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.event_pending, self.events = state["event_pending"], state["events"]
+        self.last_support = state["last_support"][0] if state["last_support"] else None
 
     def bank_ready(self) -> bool:
         return len(self.bank.classes_with(self.ctx.shot + self.s["replay_query"])) >= self.ctx.way

@@ -6,17 +6,15 @@ same algorithm with `generator` and `learner` switched (free.md §7)."""
 from __future__ import annotations
 
 import copy
-import io
 import itertools
-import json
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from dfmlbench.adaptation import frozen_copy
+from dfmlbench.checkpoint import numpy_rng_state, set_numpy_rng_state
 from dfmlbench.inversion.augment import GeneratedImageAugment
 from dfmlbench.inversion.bank import MemoryBank
 from dfmlbench.inversion.grid import save_task_grid
@@ -29,10 +27,8 @@ from dfmlbench.learner import Learner
 from dfmlbench.maml import ReplaySettings, replay
 from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.methods import Variant, register
-from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
-from dfmlbench.errors import note
 from dfmlbench.schema import integer, optional
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
@@ -96,7 +92,7 @@ class Free(Method):
         "replay_first_order": False,
         "bank_slots": 20,
         "val_interval": 20,
-        "checkpoint_interval": 10,  # epochs between resumable checkpoints (0: none)
+        "checkpoint_interval": 10,  # epochs between checkpoints (also every runtime.checkpoint_minutes; 0: only those)
         # Deviation switches (docs/deviations.md), harness defaults:
         "bank_add": "all",  # D1
         "recover_at": "k",  # D2/D3
@@ -116,11 +112,7 @@ class Free(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
-        training = FreeTraining(self.settings, pool, ctx)
-        try:
-            first = training.resume()
-        except DamagedCheckpoint:  # its state may be half restored: start afresh
-            training, first = FreeTraining(self.settings, pool, ctx), 1
+        training, first = ctx.checkpoints.resume(lambda: FreeTraining(self.settings, pool, ctx), "epoch")
         return training.run(first)
 
 
@@ -129,10 +121,6 @@ class Free(Method):
         training = FreeTraining(self.settings, pool, ctx)
         return RecoveryUnit("epoch", self.settings["epochs"],
                             lambda: training.recover(training.draw_teachers(), warmup=False))
-
-
-class DamagedCheckpoint(Exception):
-    """A checkpoint that cannot be read or restored (reported and removed by `resume`)."""
 
 
 class FreeTraining:
@@ -170,11 +158,10 @@ class FreeTraining:
 
     # -- one epoch --------------------------------------------------------------------------
 
-    def run(self, first: int | None = None) -> Learner:
-        """Epochs `first`.. to the end; by default from where a checkpoint left off (`resume`)."""
+    def run(self, first: int = 1) -> Learner:
+        """Epochs `first`.. to the end (after `ctx.checkpoints.resume`, from where a checkpoint left off)."""
         s, ctx = self.s, self.ctx
         total = s["warmup_epochs"] + s["epochs"]
-        first = self.resume() if first is None else first
         with ctx.progress(total, "free epochs") as bar:
             bar.update(first - 1)
             for epoch in range(first, total + 1):
@@ -189,10 +176,9 @@ class FreeTraining:
                     ctx.log("replay_tasks", stats.tasks, epoch)
                     if self.selection.due(epoch - s["warmup_epochs"]):
                         self.selection.observe(epoch)
-                if s["checkpoint_interval"] and epoch % s["checkpoint_interval"] == 0 and epoch < total:
-                    self.save_checkpoint(epoch)
+                ctx.checkpoints.after(epoch, total, self, every=s["checkpoint_interval"])
                 bar.update(1)
-        self.checkpoint_path.unlink(missing_ok=True)
+        ctx.checkpoints.finish()
         self.save_recovered_grid(tasks)
         ctx.info.update(bank_images=len(self.bank), bank_classes=len(self.bank.ready_classes))
         return self.selection.finish("FREE")
@@ -201,65 +187,30 @@ class FreeTraining:
         """An epoch's b teachers, drawn uniformly with replacement."""
         return [self.pool[int(i)] for i in self.rng.integers(0, len(self.pool), self.s["teachers_per_epoch"])]
 
-    # -- resumable checkpoints ------------------------------------------------------------------
+    # -- resumable state (dfmlbench.checkpoint) -------------------------------------------------
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.ctx.artifacts_dir / "checkpoint.pt"
-
-    def save_checkpoint(self, epoch: int) -> None:
-        """Everything the next epochs depend on, RNG states included, so a killed cell resumes
-        here and ends exactly as an uninterrupted run would."""
-        ctx = self.ctx
-        state = {
-            "epoch": epoch, "best_val": self.selection.best_val, "best_state": self.selection.best_state or {},
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def state(self) -> dict[str, Any]:
+        """Everything the next epochs depend on, RNG states included."""
+        return {
+            "selection": self.selection.state_dict(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "bell_optimizer": self.bell_optimizer.state_dict(),
             "generator": self.generator.state_dict(),
             "generator_optimizer": self.generator_optimizer.state_dict(),
             "bank": self.bank.state_dict(), "torch_rng": self.torch_rng.get_state(),
-            "numpy_rng": json.dumps(self.rng.bit_generator.state),
-            "curves": ctx.curves, "recovery": [ctx.recovery_clock.seconds, ctx.recovery_clock.intervals],
-            "validation": [ctx.validation_clock.seconds, ctx.validation_clock.intervals],
+            "numpy_rng": numpy_rng_state(self.rng),
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_bytes_atomic(self.checkpoint_path, buffer.getvalue())
 
-    def resume(self) -> int:
-        """The first epoch to run: 1, or the one after a checkpoint's (whose state is restored).
-        Under `--force` (ctx.resume false) a checkpoint is removed, not used; one that cannot be
-        read or restored is reported in one line, removed, and raises DamagedCheckpoint."""
-        path = self.checkpoint_path
-        if not path.is_file() or not self.ctx.resume:
-            path.unlink(missing_ok=True)
-            return 1
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.bell_optimizer is not self.optimizer:
-                self.bell_optimizer.load_state_dict(state["bell_optimizer"])
-            self.generator.load_state_dict(state["generator"])
-            self.generator_optimizer.load_state_dict(state["generator_optimizer"])
-            self.bank.load_state_dict(state["bank"])
-            self.torch_rng.set_state(state["torch_rng"])
-            self.rng.bit_generator.state = json.loads(state["numpy_rng"])
-            for key in ("curves", "recovery", "validation", "epoch", "best_val", "best_state"):
-                state[key]  # noqa: B018 -- all present before the context is touched
-        except Exception as exc:  # torch.load and load_state_dict raise many types on a damaged file
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            note(f"checkpoint {path} cannot be restored ({type(exc).__name__}: {reason[:160]}); "
-                 "removed, the cell starts again from epoch 1")
-            path.unlink(missing_ok=True)
-            raise DamagedCheckpoint from None
-        ctx = self.ctx
-        ctx.curves.update({k: [tuple(p) for p in v] for k, v in state["curves"].items()})
-        ctx.recovery_clock.seconds, ctx.recovery_clock.intervals = state["recovery"]
-        ctx.validation_clock.seconds, ctx.validation_clock.intervals = state["validation"]
-        ctx.info["resumed_from_epoch"] = state["epoch"]
-        self.selection.best_val, self.selection.best_state = state["best_val"], state["best_state"] or None
-        return state["epoch"] + 1
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.bell_optimizer is not self.optimizer:
+            self.bell_optimizer.load_state_dict(state["bell_optimizer"])
+        self.generator.load_state_dict(state["generator"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.bank.load_state_dict(state["bank"])
+        self.torch_rng.set_state(state["torch_rng"])
+        set_numpy_rng_state(self.rng, state["numpy_rng"])
+        self.selection.load_state_dict(state["selection"])
 
     def recover(self, teachers: list[Teacher], warmup: bool) -> list[RecoveredTask]:
         """FIVE (meta: each teacher adapts its own copy of the meta-generator, a task axis) or the

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfmlbench.checkpoint import numpy_rng_state, set_numpy_rng_state
 from dfmlbench.errors import UserError
 from dfmlbench.inversion.augment import random_roll
 from dfmlbench.inversion.grid import save_task_grid
@@ -105,7 +106,8 @@ class Purer(Method):
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
-        return PurerTraining(self.settings, pool, ctx).run()
+        training, first = ctx.checkpoints.resume(lambda: PurerTraining(self.settings, pool, ctx), "iteration")
+        return training.run(first)
 
     def recovery_unit(self, pool: TeacherPool, ctx: RunContext) -> RecoveryUnit:
         """One pseudo-data update through the chosen teachers (the rare adversarial updates,
@@ -137,28 +139,51 @@ class PurerTraining:
         self.torch_rng = ctx.generator("purer-torch")
         self.selection = ModelSelection(ctx, self.model, settings["val_interval"], settings["iterations"])
         self.adversarial_tasks = 0
+        self.curriculum = PlateauTrigger(settings["adv_patience"])
+        self.adversarial_next = False  # the next inversion adds the adversarial term
 
-    def run(self) -> Learner:
+    def run(self, first: int = 1) -> Learner:
+        """Iterations `first`.. to the end (after `ctx.checkpoints.resume`, from a checkpoint's)."""
         s, ctx = self.s, self.ctx
-        curriculum = PlateauTrigger(s["adv_patience"])
-        adversarial = False
         with ctx.progress(s["iterations"], "purer iterations") as bar:
-            for iteration in range(1, s["iterations"] + 1):
+            bar.update(first - 1)
+            for iteration in range(first, s["iterations"] + 1):
                 with ctx.recovery():
-                    loss = self.invert(adversarial)
+                    loss = self.invert(self.adversarial_next)
                 if iteration % 10 == 0:
                     ctx.log("inversion_loss", loss, iteration)
-                adversarial = False
+                self.adversarial_next = False
                 accuracy = self.meta_step()
-                if iteration > s["adv_start"] and curriculum.stalled(accuracy):
-                    adversarial = True
+                if iteration > s["adv_start"] and self.curriculum.stalled(accuracy):
+                    self.adversarial_next = True
                 if self.selection.due(iteration):
                     self.selection.observe(iteration)
+                ctx.checkpoints.after(iteration, s["iterations"], self)
                 bar.update(1)
+        ctx.checkpoints.finish()
         ctx.info.update(adversarial_tasks=self.adversarial_tasks, pseudo_classes=len(self.data.class_ids),
                         pseudo_images=int(self.data.images.shape[0] * self.data.images.shape[1]))
         self.save_pseudo_grid()
         return self.selection.finish("PURER")
+
+    def state(self) -> dict[str, Any]:
+        """Everything the next iterations depend on (dfmlbench.checkpoint)."""
+        return {"data": self.data.state_dict(), "pixel_optimizer": self.pixel_optimizer.state_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "numpy_rng": numpy_rng_state(self.rng), "torch_rng": self.torch_rng.get_state(),
+                "selection": self.selection.state_dict(), "curriculum": self.curriculum.state_dict(),
+                "adversarial_next": self.adversarial_next, "adversarial_tasks": self.adversarial_tasks}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.data.load_state_dict(state["data"])
+        self.pixel_optimizer.load_state_dict(state["pixel_optimizer"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_numpy_rng_state(self.rng, state["numpy_rng"])
+        self.torch_rng.set_state(state["torch_rng"])
+        self.selection.load_state_dict(state["selection"])
+        self.curriculum.load_state_dict(state["curriculum"])
+        self.adversarial_next, self.adversarial_tasks = state["adversarial_next"], state["adversarial_tasks"]
 
     def teacher_loss(self, teacher: Teacher, rng: torch.Generator) -> torch.Tensor:
         """DeepInversion loss of one teacher on its classes' pseudo images (jittered)."""

@@ -324,14 +324,14 @@ def test_force_ignores_a_checkpoint(tiny_pool, tmp_path):
 
     method = create_method("free", {**create_method("free").smoke_settings, "epochs": 2, "checkpoint_interval": 1})
 
-    def training(resume: bool) -> FreeTraining:
+    def resumed(resume: bool) -> tuple[FreeTraining, int]:
         ctx = RunContext(torch.device("cpu"), 0, method.settings, "conv4", 32, 3, 5, 1, tmp_path,
                          validator=lambda learner: 0.0, resume=resume)
-        return FreeTraining(method.settings, tiny_pool, ctx)
+        return ctx.checkpoints.resume(lambda: FreeTraining(method.settings, tiny_pool, ctx), "epoch")
 
-    first = training(resume=True)
-    first.save_checkpoint(2)  # as if killed after epoch 2
-    assert training(resume=True).resume() == 3
-    forced = training(resume=False)
-    assert forced.resume() == 1 and "resumed_from_epoch" not in forced.ctx.info
+    first, _ = resumed(True)
+    first.ctx.checkpoints.save(2, first)  # as if killed after epoch 2
+    assert resumed(True)[1] == 3
+    forced, first_epoch = resumed(False)
+    assert first_epoch == 1 and "resumed_from_epoch" not in forced.ctx.info
     assert not (tmp_path / "checkpoint.pt").exists()

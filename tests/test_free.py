@@ -150,8 +150,14 @@ def test_bad_switch_values_are_user_errors(bad):
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_pool, tmp_path, monkeypatch):
     settings = {"epochs": 3, "checkpoint_interval": 1}
-    uninterrupted = make_training(tiny_pool, tmp_path / "a", **settings)
-    expected = uninterrupted.run().model.state_dict()
+
+    def fit(folder):
+        ctx = make_training(tiny_pool, folder, **settings).ctx  # one context, as Free.fit has
+        training, first = ctx.checkpoints.resume(lambda: FreeTraining(ctx.settings, tiny_pool, ctx), "epoch")
+        return training, training.run(first)
+
+    _, uninterrupted = fit(tmp_path / "a")
+    expected = uninterrupted.model.state_dict()
 
     import dfmlbench.methods.free as free_module
     original, calls = free_module.replay, []
@@ -164,11 +170,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_pool
 
     monkeypatch.setattr(free_module, "replay", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        make_training(tiny_pool, tmp_path / "b", **settings).run()
+        fit(tmp_path / "b")
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
     monkeypatch.setattr(free_module, "replay", original)
-    resumed = make_training(tiny_pool, tmp_path / "b", **settings)
-    final = resumed.run().model.state_dict()
+    resumed, learner = fit(tmp_path / "b")
+    final = learner.model.state_dict()
     assert resumed.ctx.info["resumed_from_epoch"] == 3
     for name, value in expected.items():
         torch.testing.assert_close(final[name], value)
