@@ -58,7 +58,9 @@ DEFAULTS: dict[str, Any] = {
     # `download`: let a dataset that can (cifar-fs) fetch its missing source files.
     # `checkpoint_minutes`: a long cell (FREE, PURER, BiDf-MKD) saves a resumable checkpoint at
     # the first step after this many minutes (null: only where the method's own interval asks).
-    "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False, "checkpoint_minutes": 10},
+    # `tensorboard`: also write each cell's curves as TensorBoard scalars (<stem>.tensorboard/).
+    "runtime": {"device": "auto", "eval_chunk": 20, "data_root": None, "download": False, "checkpoint_minutes": 10,
+                "tensorboard": False},
     # How `run --launcher local|slurm` sizes each job (submitit); never part of a config hash.
     # `slurm`: any further sbatch option, e.g. {qos: high, constraint: a100} (as --qos=high).
     "launcher": {"gpus_per_job": 0, "cpus_per_job": 2, "mem_gb": 16, "timeout_min": 720, "partition": None,

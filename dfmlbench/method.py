@@ -38,12 +38,14 @@ class RunContext:
     progress_factory: Callable[..., Any] | None = None
     resume: bool = True  # False under --force: a method's checkpoints are not resumed from
     checkpoint_minutes: float | None = 10.0  # runtime.checkpoint_minutes; None: only where a method asks
+    on_log: Callable[[str, int, float], None] | None = None  # streams each curve point (dfmlbench.events)
     recovery_clock: Stopwatch = field(init=False)
     validation_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
     extra_learners: dict[str, Learner] = field(default_factory=dict)
     checkpoints: Checkpoints = field(init=False)  # the resume-anywhere service (dfmlbench.checkpoint)
+    _bars: list[Any] = field(init=False, default_factory=list, repr=False)  # open progress bars
 
     def __post_init__(self) -> None:
         self.recovery_clock = Stopwatch(self.device)
@@ -69,8 +71,13 @@ class RunContext:
             yield
 
     def log(self, name: str, value: float, step: int) -> None:
-        """Record one point of a curve (stored in the run record)."""
+        """Record one point of a curve (stored in the run record, streamed as it happens); a
+        validation also shows on the innermost progress bar."""
         self.curves.setdefault(name, []).append((int(step), float(value)))
+        if self.on_log is not None:
+            self.on_log(name, int(step), float(value))
+        if name == "val_accuracy" and self._bars:
+            self._bars[-1].set_postfix_str(f"val {value:.2f}%", refresh=False)
 
     def also_evaluate(self, name: str, learner: Learner) -> None:
         """Test another learner (e.g. the last epoch's) on the same episodes, as a diagnostic."""
@@ -83,11 +90,18 @@ class RunContext:
         with self.validation_clock.measure():  # not meta-training time
             return self.validator(learner)
 
-    def progress(self, total: int, desc: str) -> Any:
-        if self.progress_factory is None:
-            from tqdm import tqdm
-            return tqdm(total=total, desc=desc, disable=True)
-        return self.progress_factory(total=total, desc=desc)
+    @contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[Any]:
+        """A progress bar (tqdm: rate and ETA) for a method's loop, used as a context manager."""
+        from tqdm import tqdm
+        bar = (tqdm(total=total, desc=desc, disable=True) if self.progress_factory is None
+               else self.progress_factory(total=total, desc=desc))
+        self._bars.append(bar)
+        try:
+            with bar:
+                yield bar
+        finally:
+            self._bars.remove(bar)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dfmlbench.errors import UserError, note
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
+from dfmlbench.events import CellEvents, check_tensorboard, events_path
 from dfmlbench.kernels import kernel_for
 from dfmlbench.learner import Learner
 from dfmlbench.method import RunContext
@@ -74,8 +75,21 @@ class CellRunner:
                     **kwargs)
 
     def run(self, cell: Cell, stem: Path) -> dict[str, Any]:
+        """The cell's record; what it does meanwhile streams to its events file and log."""
+        with CellEvents(stem, cell.label, bool(cell.config["runtime"]["tensorboard"])) as events:
+            try:
+                record = self._run(cell, stem, events)
+            except BaseException as exc:  # a crash, or the job killed: say so, then let it through
+                events.stage("stopped", error=f"{type(exc).__name__}: {exc}"[:300])
+                raise
+            events.stage("recorded", accuracy=round(record["accuracy"]["mean"], 2),
+                         wall_seconds=round(record["timings"]["wall_seconds"], 1))
+            return record
+
+    def _run(self, cell: Cell, stem: Path, events: CellEvents) -> dict[str, Any]:
         config, protocol, runtime = cell.config, cell.config["protocol"], cell.config["runtime"]
         device = resolve_device(runtime["device"])
+        events.stage("start", device=str(device), config_hash=cell.hash)
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         wall = time.perf_counter()
         dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
@@ -85,6 +99,7 @@ class CellRunner:
         pool, pool_info, pool_seconds = None, None, 0.0
         if cell.method.uses_teachers:
             spec = PoolSpec.from_config(config["pool"])
+            events.stage("pool", teachers=spec.num_teachers)
             with self._bar(total=spec.num_teachers, desc="teacher pool") as bar:
                 t0 = time.perf_counter()
                 pool = obtain_pool(dataset, spec, device, lambda done, total: bar.update(1))
@@ -105,8 +120,9 @@ class CellRunner:
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
                          dataset.image_size, dataset.channels, protocol["way"], cell.shot,
                          artifacts, validator, lambda **kw: self._bar(**kw), resume=self.resume,
-                         checkpoint_minutes=runtime["checkpoint_minutes"])
+                         checkpoint_minutes=runtime["checkpoint_minutes"], on_log=events.point)
         torch.manual_seed(derive_seed(cell.seed, "global"))
+        events.stage("fit", method=cell.method.name)
         t0 = time.perf_counter()
         learner = cell.method.fit(pool, ctx)
         fit_seconds = time.perf_counter() - t0
@@ -123,6 +139,7 @@ class CellRunner:
             return AdaptProtocol(adapt.steps, float(max(by_lr, key=by_lr.get))), by_lr
 
         chosen, val_by_lr = test_protocol(learner)
+        events.stage("meta-test", episodes=len(test_episodes), lr=chosen.lr)
         with self._bar(total=len(test_episodes), desc="meta-test") as bar:
             accuracies = test_episodes.evaluate(learner, chosen, device, chunk, bar)
         extra = {}
@@ -154,7 +171,7 @@ class CellRunner:
                 "pool_seconds": pool_seconds,
                 "wall_seconds": time.perf_counter() - wall,
             },
-            "sweep": cell.sweep, "overrides": cell.overrides,
+            "sweep": cell.sweep, "overrides": cell.overrides, "events_file": events_path(stem).name,
             "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
             "pool": pool_info, "dataset_fingerprint": dataset.fingerprint(),
             "config": config, "environment": environment(device),
@@ -182,6 +199,7 @@ def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
     check_writable_folder(cache_dir(), "the cache folder (DFMLBENCH_CACHE)")
     for device in dict.fromkeys(c.config["runtime"]["device"] for c in cells):
         kernel_for(resolve_device(device))  # a forced task kernel must be one
+    check_tensorboard(any(c.config["runtime"]["tensorboard"] for c in cells))
     expected: dict[Path, Expected] = {}
     pool_keys: dict[tuple[str, str], str] = {}  # (dataset, spec) -> planned key, each pool checked once
     for cell in cells:

@@ -160,6 +160,7 @@ GLOBAL_RULES: dict[str, Rule] = {
     "runtime.data_root": optional(text()),
     "runtime.download": flag(),
     "runtime.checkpoint_minutes": optional(number(0)),
+    "runtime.tensorboard": flag(),
     "launcher.gpus_per_job": integer(0),
     "launcher.cpus_per_job": COUNT,
     "launcher.mem_gb": POSITIVE,

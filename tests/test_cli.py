@@ -64,7 +64,9 @@ def copied_run(smoke_run, tmp_path) -> Path:
 def test_run_writes_records(smoke_run):
     out, result = smoke_run
     assert result.code == 0, result.err
-    assert result.err == ""
+    # stderr is not a terminal here: one log line per stage and validation, nothing else
+    assert result.err and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (random|average) glyphs 5w1s seed 0: ", line)
+                              for line in result.err.splitlines()), result.err
     assert "suite quickstart (profile smoke): 2 cell(s)" in result.out
     assert cells_line(result.out).startswith("2 cell(s) run, 0 already recorded, 0 failed")
 
@@ -73,7 +75,11 @@ def test_run_writes_records(smoke_run):
     assert stem.name.startswith("glyphs-5w1s-seed0-")
     npy = stem.with_suffix(".episodes.npy")
     assert npy.is_file()
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, npy.name])
+    events, log = stem.with_suffix(".events.jsonl"), stem.with_suffix(".log")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, npy.name, events.name, log.name])
+    stages = [json.loads(line)["stage"] for line in events.read_text().splitlines()]
+    assert stages == ["start", "fit", "meta-test", "recorded"]  # random uses no teachers: no pool stage
+    assert "random glyphs 5w1s seed 0: recorded accuracy=" in log.read_text()
 
     record = json.loads(path.read_text())
     assert record["status"] == "ok"
