@@ -1,4 +1,4 @@
-"""`python -m dfmlbench run|plan|report|results|list|compare|data`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|plan|evaluate|report|results|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_cell_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    evaluate = sub.add_parser("evaluate", help="re-test the learners a run saved under another meta-test "
+                                               "protocol (--set protocol.*), without refitting")
+    _add_cell_arguments(evaluate)
+    evaluate.add_argument("--runs", default="runs", help="where the fitted cells' records are (default: ./runs)")
+    evaluate.add_argument("--fit-shot", type=int, metavar="K", help="test learners fitted at K shots (at the "
+                                                                     "suite's shots, or --set shots=[...])")
+    evaluate.add_argument("--force", action="store_true", help="evaluate again what has a record")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     report = sub.add_parser("report", help="a suite's table (Markdown, LaTeX, CSV) and figures from its records")
     report.add_argument("--suite", required=True, help="a built-in suite name or a suite .yaml path")
     report.add_argument("--profile", help="the profile whose records to use (default: the suite's default_profile)")
@@ -57,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the same overrides the records were run with")
     report.add_argument("--runs", default="runs", help="records folder, as given to run --out (default: ./runs)")
     report.add_argument("--out", help="report folder (default: reports/SUITE-PROFILE)")
+    report.add_argument("--fit-shot", type=int, metavar="K", help="as given to evaluate: read evaluations of "
+                                                                   "learners fitted at K shots")
 
     results = sub.add_parser("results", help="every record under a runs folder as one table (pandas), "
                                              "with sweep values and --set overrides as columns")
@@ -118,6 +129,39 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"suite {suite.name} (profile {config['profile']}), records under {args.out}:")
         print(plan_table(planned, data_root))
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dfmlbench.config import load_suite, parse_assignment
+    from dfmlbench.evaluate import plan_evaluations, run_evaluations
+    from dfmlbench.paths import check_writable_folder
+
+    assignments = [parse_assignment(a) for a in args.assignments]
+    assignments += [(key, value) for key, value in (("runtime.device", args.device),
+                                                    ("runtime.data_root", args.data_root)) if value]
+    suite = load_suite(args.suite)
+    evaluations = plan_evaluations(suite, args.profile, assignments, args.method, args.fit_shot)
+    runs, out = Path(args.runs), Path(args.out if args.out != "runs" else args.runs)
+    if not runs.is_dir():
+        raise UserError(f"--runs {runs} is not a folder; pass the folder the suite was run into (run --out)")
+    check_writable_folder(out, "--out")
+    print(f"suite {suite.name}: {len(evaluations)} evaluation(s) of the learners under {runs} -> {out}")
+    bar = _progress_factory(args.no_progress)
+    outcomes = run_evaluations(evaluations, runs, out, args.force, bar)
+    for o in outcomes:
+        accuracy = o.record["accuracy"] if o.record else None
+        shown = f" {accuracy['mean']:.2f} ± {accuracy['ci95']:.2f}" if accuracy else ""
+        print(f"{o.status}: {o.evaluation.cell.label}{shown} ({o.detail})")
+    missing = [o for o in outcomes if o.status in ("no fit", "not saved")]
+    if missing and len(missing) == len(outcomes):
+        raise UserError(f"none of the {len(outcomes)} cell(s) has a saved learner under {runs}: "
+                        f"run the suite there first ({missing[0].detail})")
+    return 0
+
+
+def _progress_factory(hidden: bool) -> Any:
+    from tqdm import tqdm
+    return lambda **kwargs: tqdm(leave=False, disable=True if hidden else None, **kwargs)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -238,7 +282,7 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     run_argv = ["run", "--suite", args.suite, "--profile", config["profile"],
                 *[f"--set={a}" for a in args.assignments], "--out", args.runs]
     report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv),
-                         "python -m dfmlbench " + shlex.join(run_argv))
+                         "python -m dfmlbench " + shlex.join(run_argv), args.fit_shot)
     if report.table is not None:
         print(to_markdown(report.table), end="")
     for path, _ in report.figures:
@@ -293,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "report":
             return _cmd_report(args, argv)
-        handler = {"run": _cmd_run, "plan": _cmd_plan, "results": _cmd_results, "list": _cmd_list, "compare": _cmd_compare,
+        handler = {"run": _cmd_run, "plan": _cmd_plan, "evaluate": _cmd_evaluate, "results": _cmd_results, "list": _cmd_list, "compare": _cmd_compare,
                    "data": _cmd_data}[args.command]
         return handler(args)
     except UserError as exc:

@@ -14,14 +14,11 @@ import torch
 from tqdm import tqdm
 
 from dfmlbench.data import load_dataset
-from dfmlbench.episodes import make_episodes
 from dfmlbench.errors import UserError, note
-from dfmlbench.data.base import ImageDataset
-from dfmlbench.data.multidomain import MultiDomainDataset
-from dfmlbench.evaluation import AdaptProtocol, BenchmarkEpisodes
 from dfmlbench.events import CellEvents, check_tensorboard, events_path
 from dfmlbench.kernels import kernel_for
-from dfmlbench.learner import Learner
+from dfmlbench.learner_store import MAIN_LEARNER, save_learners
+from dfmlbench.meta_test import MetaTest
 from dfmlbench.method import RunContext
 from dfmlbench.data.facts import check_fit, measured_facts
 from dfmlbench.paths import cache_dir, check_writable_folder
@@ -30,7 +27,6 @@ from dfmlbench.planning import Cell, cell_stem, unique_cells
 from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.records import device_name, environment, finished_record, method_label, write_record
-from dfmlbench.stats import summarize
 
 
 @dataclass
@@ -50,16 +46,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from None
-
-
-def _episodes(dataset: ImageDataset | MultiDomainDataset, split: str, protocol: dict[str, Any], shot: int,
-              count: int) -> BenchmarkEpisodes:
-    """`count` fixed episodes of the split (of each domain, for a multi-domain benchmark)."""
-    parts = ([(d.name, d.dataset) for d in dataset.domains] if isinstance(dataset, MultiDomainDataset)
-             else [(dataset.name, dataset)])
-    return BenchmarkEpisodes(tuple(
-        (name, data, make_episodes(data, split, protocol["way"], shot, protocol["query"], count,
-                                   protocol["episode_seed"])) for name, data in parts))
 
 
 class CellRunner:
@@ -93,8 +79,6 @@ class CellRunner:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         wall = time.perf_counter()
         dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
-        adapt = AdaptProtocol(protocol["steps"], protocol["lr"])
-        chunk = int(runtime["eval_chunk"])
 
         pool, pool_info, pool_seconds = None, None, 0.0
         if cell.method.uses_teachers:
@@ -110,75 +94,43 @@ class CellRunner:
                          # what the teachers were trained on, when it differs from this run
                          "training_note": pool.metadata.get("training_note")}
 
-        test_episodes = _episodes(dataset, "test", protocol, cell.shot, protocol["test_episodes"])
-        val_episodes = _episodes(dataset, "val", protocol, cell.shot, protocol["val_episodes"])
-
-        def validator(learner: Learner) -> float:
-            return float(val_episodes.evaluate(learner, adapt, device, chunk).mean())
-
-        artifacts = stem.with_suffix(".artifacts")
+        meta_test = MetaTest(dataset, protocol, cell.shot, device, int(runtime["eval_chunk"]))
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
                          dataset.image_size, dataset.channels, protocol["way"], cell.shot,
-                         artifacts, validator, lambda **kw: self._bar(**kw), resume=self.resume,
-                         checkpoint_minutes=runtime["checkpoint_minutes"], on_log=events.point)
+                         stem.with_suffix(".artifacts"), meta_test.validate, lambda **kw: self._bar(**kw),
+                         resume=self.resume, checkpoint_minutes=runtime["checkpoint_minutes"], on_log=events.point)
         torch.manual_seed(derive_seed(cell.seed, "global"))
         events.stage("fit", method=cell.method.name)
         t0 = time.perf_counter()
         learner = cell.method.fit(pool, ctx)
         fit_seconds = time.perf_counter() - t0
+        saved = save_learners(stem, {MAIN_LEARNER: learner, **ctx.extra_learners})
 
-        t0 = time.perf_counter()
-        lr_grid = protocol.get("lr_grid")  # typed when the suite was resolved
-
-        def test_protocol(candidate: Learner) -> tuple[AdaptProtocol, dict[str, float] | None]:
-            """The fixed protocol, or the grid lr that is best on the meta-val episodes."""
-            if lr_grid is None:
-                return adapt, None
-            by_lr = {str(lr): float(val_episodes.evaluate(candidate, AdaptProtocol(adapt.steps, lr),
-                                                          device, chunk).mean()) for lr in lr_grid}
-            return AdaptProtocol(adapt.steps, float(max(by_lr, key=by_lr.get))), by_lr
-
-        chosen, val_by_lr = test_protocol(learner)
-        events.stage("meta-test", episodes=len(test_episodes), lr=chosen.lr)
-        with self._bar(total=len(test_episodes), desc="meta-test") as bar:
-            accuracies = test_episodes.evaluate(learner, chosen, device, chunk, bar)
-        extra = {}
-        for name, other in ctx.extra_learners.items():
-            other_protocol, other_by_lr = test_protocol(other)
-            extra[name] = summarize(test_episodes.evaluate(other, other_protocol, device, chunk)).as_dict()
-            if other_by_lr is not None:
-                extra[name]["meta_test_lr"] = {"chosen": other_protocol.lr, "val_accuracy_by_lr": other_by_lr}
-        eval_seconds = time.perf_counter() - t0
-        summary = summarize(accuracies)
+        tested = meta_test.run(learner, ctx.extra_learners, self._bar, events.stage)
         recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
         record = {
             "status": "ok", "config_hash": cell.hash,
             "suite": config["suite"]["name"], "profile": config["profile"],
             "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
             "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
-            "accuracy": summary.as_dict(), "extra_evaluations": extra,
-            "per_domain": {name: summarize(part).as_dict()
-                           for name, part in test_episodes.per_domain(accuracies).items()},
-            "meta_test_lr": {"chosen": chosen.lr, "selected_on": "meta-val" if val_by_lr else "fixed",
-                             "val_accuracy_by_lr": val_by_lr},
-            "test_episodes": {"count": len(test_episodes), "sha": test_episodes.sha(),
-                              "episode_seed": protocol["episode_seed"]},
+            **tested.fields,
             "timings": {
                 # A method recovers data exactly when it timed some under ctx.recovery().
                 "recovery_seconds": recovery if ctx.recovery_clock.intervals else None,
                 "meta_train_seconds": fit_seconds - recovery - validation,
-                "validation_seconds": validation, "eval_seconds": eval_seconds,
+                "validation_seconds": validation, "eval_seconds": tested.seconds,
                 "pool_seconds": pool_seconds,
                 "wall_seconds": time.perf_counter() - wall,
             },
             "sweep": cell.sweep, "overrides": cell.overrides, "events_file": events_path(stem).name,
-            "learner": learner.description, "method_info": ctx.info, "curves": ctx.curves,
+            "learner": learner.description, "learner_file": saved.file, "learner_not_saved": saved.reason,
+            "method_info": ctx.info, "curves": ctx.curves,
             "pool": pool_info, "dataset_fingerprint": dataset.fingerprint(),
             "config": config, "environment": environment(device),
             "started_at": started_at,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        write_record(stem, record, accuracies)
+        write_record(stem, record, tested.accuracies)
         return record
 
 

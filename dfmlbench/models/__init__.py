@@ -49,6 +49,7 @@ def build_model(arch: str, num_classes: int = 5, image_size: int = 32, in_channe
         init_official(model)
         if zero_head_bias:
             nn.init.zeros_(model.classifier.bias)
+    model.dfmlbench_arch = arch  # what a saved learner is rebuilt as (dfmlbench.learner_store)
     return model
 
 

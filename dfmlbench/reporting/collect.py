@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dfmlbench.analysis.cells import AnalysisCell, analysis_stem, expand_analysis_cells
+from dfmlbench.config import Suite
 from dfmlbench.errors import UserError, note
 from dfmlbench.records import finished_record, load_per_episode, method_label
 from dfmlbench.reporting.paper import display_name
@@ -49,6 +50,17 @@ def _finished(path: Path, config_hash: str, companion: str) -> dict[str, Any] | 
     return record
 
 
+def _evaluations(config: dict[str, Any], suite: Suite | None, fit_shot: int | None) -> dict[str, Any]:
+    """Planned cell hash -> its evaluation (dfmlbench.evaluate), when the overrides change the
+    meta-test protocol (or name a fit shot); else none."""
+    from dfmlbench.evaluate import EVALUATION_PREFIX, plan_evaluations
+
+    overrides = list((config.get("overrides") or {}).items())
+    if suite is None or (fit_shot is None and not any(k.startswith(EVALUATION_PREFIX) for k, _ in overrides)):
+        return {}
+    return {e.planned_hash: e for e in plan_evaluations(suite, config["profile"], overrides, None, fit_shot)}
+
+
 def _same_data(found: list[Found]) -> None:
     """Records of one dataset made on different copies of it must not share a table."""
     first: dict[str, tuple[str, Path]] = {}
@@ -63,15 +75,25 @@ def _same_data(found: list[Found]) -> None:
                             "on the other's data, or report them from separate --runs folders")
 
 
-def collect(config: dict[str, Any], runs_dir: Path) -> tuple[list[Found], list[FoundAnalysis]]:
+def collect(config: dict[str, Any], runs_dir: Path, suite: Suite | None = None,
+            fit_shot: int | None = None) -> tuple[list[Found], list[FoundAnalysis]]:
+    """The planned cells' records; where a cell has none, an `evaluate` record of it (a saved
+    learner under this protocol) counts, when the overrides change the protocol."""
     cells = expand_cells(config)
+    evaluations = _evaluations(config, suite, fit_shot)
     found, seen = [], set()
     for cell in cells:
         path = cell_stem(runs_dir, cell).with_suffix(".json")
         key = (path, tuple(cell.sweep.items()))
         if key not in seen:
             seen.add(key)
-            found.append(Found(cell, path, _finished(path, cell.hash, "per_episode_file")))
+            record = _finished(path, cell.hash, "per_episode_file")
+            evaluation = evaluations.get(cell.hash)
+            if record is None and evaluation is not None:
+                other = cell_stem(runs_dir, evaluation.cell).with_suffix(".json")
+                if other.is_file():
+                    path, record = other, _finished(other, evaluation.cell.hash, "per_episode_file")
+            found.append(Found(cell, path, record))
     _same_data(found)
     analyses = []
     for cell in expand_analysis_cells(config):

@@ -37,7 +37,7 @@ class Report:
 
 
 def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: Path,
-                command: str, run_command: str) -> Report:
+                command: str, run_command: str, fit_shot: int | None = None) -> Report:
     layout = suite.report
     figures = list(layout.get("figures") or [])
     for kind in figures:
@@ -47,7 +47,7 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
     if not Path(runs_dir).is_dir():
         raise UserError(f"no records folder {runs_dir}: run `python -m dfmlbench run --suite {suite.name} "
                         f"--profile {config['profile']} --out {runs_dir}` first, or pass --runs")
-    found, analyses = collect(config, Path(runs_dir))
+    found, analyses = collect(config, Path(runs_dir), suite, fit_shot)
     if not any(f.record for f in found) and not any(a.record for a in analyses):
         raise UserError(f"no finished records of suite '{suite.name}' (profile {config['profile']}) under "
                         f"{runs_dir}: run `python -m dfmlbench run --suite {suite.name} --profile "
