@@ -76,7 +76,9 @@ def test_run_writes_records(smoke_run):
     npy = stem.with_suffix(".episodes.npy")
     assert npy.is_file()
     events, log = stem.with_suffix(".events.jsonl"), stem.with_suffix(".log")
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, npy.name, events.name, log.name])
+    learner = stem.with_suffix(".learner.safetensors")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, npy.name, events.name, log.name,
+                                                                    learner.name])
     stages = [json.loads(line)["stage"] for line in events.read_text().splitlines()]
     assert stages == ["start", "fit", "meta-test", "recorded"]  # random uses no teachers: no pool stage
     assert "random glyphs 5w1s seed 0: recorded accuracy=" in log.read_text()
