@@ -170,12 +170,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dfmlbench.runner import run_cells, summary_table
 
     suite, config, cells = _resolved_cells(args)
+    analyses = [] if args.method else expand_analysis_cells(config)
     if args.launcher:
         from dfmlbench.launch import launch
         if args.shard:
             raise UserError("--shard and --launcher do not mix: the launcher submits every pending cell itself")
-        return launch(args, config, cells)
-    analyses = [] if args.method else expand_analysis_cells(config)
+        return launch(args, config, cells, analyses)
     if args.shard:
         index, count = parse_shard(args.shard)
         cells, analyses = shard(cells, Path(args.out), index, count), analyses[index - 1::count]

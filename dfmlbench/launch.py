@@ -33,14 +33,17 @@ class Selection:
     device: str | None
     data_root: str | None
 
-    def cells(self, methods: list[str] | None = None) -> list[Any]:
+    def config(self) -> dict[str, Any]:
         from dfmlbench.config import load_suite, parse_assignment, resolve
-        from dfmlbench.planning import expand_cells
 
         assignments = [parse_assignment(a) for a in self.assignments]
         assignments += [(key, value) for key, value in (("runtime.device", self.device),
                                                         ("runtime.data_root", self.data_root)) if value]
-        return expand_cells(resolve(load_suite(self.suite), self.profile, assignments), methods)
+        return resolve(load_suite(self.suite), self.profile, assignments)
+
+    def cells(self, methods: list[str] | None = None) -> list[Any]:
+        from dfmlbench.planning import expand_cells
+        return expand_cells(self.config(), methods)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,25 @@ class CellJob:
         from the cell's checkpoints."""
         import submitit
         return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    """One analysis cell (e.g. Fig. 4's teacher features), found again by its config hash."""
+
+    selection: Selection
+    config_hash: str
+    out: str
+    force: bool = False
+
+    def __call__(self) -> str:
+        from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
+
+        cells = [c for c in expand_analysis_cells(self.selection.config()) if c.hash == self.config_hash]
+        if not cells:
+            raise UserError(f"no analysis cell has config hash {self.config_hash} any more; run the launcher again")
+        status, _ = run_analysis_cell(cells[0], Path(self.out), self.force)
+        return f"{status}: {cells[0].label}"
 
 
 @dataclass(frozen=True)
@@ -127,19 +149,25 @@ def _log(folder: Path, job: Any, kind: str, what: str) -> None:
         handle.write(json.dumps(line) + "\n")
 
 
-def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any]) -> int:
-    """Submit the pending cells (and the pools they need); locally, wait for them."""
+def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], analyses: list[Any]) -> int:
+    """Submit the pending cells (and the pools they need, and the suite's analyses); locally,
+    wait for them."""
+    from dfmlbench.analysis.cells import analysis_stem
+    from dfmlbench.records import finished_record
     from dfmlbench.runner import preflight
     from dfmlbench.status import plan
 
     out = Path(args.out)
     everything = plan(cells, out)
     planned = [p for p in everything if args.force or p.status in ("pending", "failed")]
+    analyses = [a for a in analyses if args.force or finished_record(analysis_stem(out, a), a.hash, "arrays_file")[0]
+                is None]
     skipped = len(everything) - len(planned)
-    if not planned:
+    if not planned and not analyses:
         print(f"nothing to submit: every cell is done or running ({skipped}); `plan` shows them")
         return 0
-    preflight([p.cell for p in planned], out)  # bad input: one line now, not in a job's log
+    if planned:
+        preflight([p.cell for p in planned], out)  # bad input: one line now, not in a job's log
     folder = out / JOBS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     selection = Selection(args.suite, config["profile"], tuple(args.assignments), args.device, args.data_root)
@@ -148,9 +176,18 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any]) -
     for p in planned:
         groups.setdefault(p.pool if p.pool and not p.pool.spec.path else None, []).append(p)
     local = args.launcher == "local"
-    results: list[tuple[str, Any]] = []  # (what, job) to wait for, locally
-    print(f"submitting {len(planned)} cell(s) through submitit ({args.launcher}); {skipped} done or running; "
-          f"job logs under {folder}")
+    results: list[tuple[str, bool]] = []  # (what, failed) of the local jobs
+    print(f"submitting {len(planned) + len(analyses)} cell(s) through submitit ({args.launcher}); {skipped} done "
+          f"or running; job logs under {folder}")
+    if analyses:
+        ex = executor(args.launcher, folder / "%j", launcher, f"dfmlbench-{config['suite']['name']}")
+        with ex.batch():
+            submitted = [ex.submit(AnalysisJob(selection, a.hash, str(out), args.force)) for a in analyses]
+        labelled = [(a.label, job) for a, job in zip(analyses, submitted)]
+        for what, job in labelled:
+            _log(folder, job, "analysis", what)
+            print(f"  {job.job_id}  {what}")
+        results += _wait(labelled) if local else []
     for need, members in groups.items():
         ex = executor(args.launcher, folder / "%j", launcher, f"dfmlbench-{config['suite']['name']}")
         if need is not None and need.state(runtime["data_root"]) != "built":

@@ -155,3 +155,12 @@ def test_slurm_launcher_submits_arrays_with_the_configured_resources(tmp_path, g
     array = next(s for s in scripts if "--array=0-1%2" in s)  # parallelism: at most the array
     assert f"#SBATCH --dependency=afterany:{pool_id}" in array
     assert "plan --suite quickstart" in result.out
+
+
+def test_local_launcher_runs_a_suite_s_analyses_as_jobs(tmp_path, glyphs):
+    args = ("--suite", "fig4", "--profile", "smoke", "--out", tmp_path, "--launcher", "local")
+    result = call("run", *args)
+    assert result.code == 0, result.out + result.err
+    assert list(tmp_path.glob("fig4/smoke/analysis-teacher-features/*.json"))
+    assert "ran: teacher-features" in result.out
+    assert "nothing to submit" in call("run", *args).out
