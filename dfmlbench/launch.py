@@ -170,7 +170,11 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
         preflight([p.cell for p in planned], out)  # bad input: one line now, not in a job's log
     folder = out / JOBS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    selection = Selection(args.suite, config["profile"], tuple(args.assignments), args.device, args.data_root)
+    # absolute paths: a job may start in another folder than this one
+    suite_ref = str(Path(args.suite).resolve()) if Path(args.suite).is_file() else args.suite
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    selection = Selection(suite_ref, config["profile"], tuple(args.assignments), args.device, data_root)
+    out = out.resolve()
     runtime, launcher = config["runtime"], config["launcher"]
     groups: dict[Any, list[Any]] = {}  # pool need (None: no teachers, or a brought-in pool) -> its cells
     for p in planned:
@@ -192,7 +196,8 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
         ex = executor(args.launcher, folder / "%j", launcher, f"dfmlbench-{config['suite']['name']}")
         if need is not None and need.state(runtime["data_root"]) != "built":
             pool_job = ex.submit(PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())),
-                                         runtime["data_root"], bool(runtime.get("download")), runtime["device"]))
+                                         data_root or runtime["data_root"], bool(runtime.get("download")),
+                                         runtime["device"]))
             _log(folder, pool_job, "pool", need.label)
             if local:  # the local engine has no dependencies: the pool first
                 _wait([(f"pool {need.label}", pool_job)])
