@@ -118,11 +118,7 @@ def evaluate_one(evaluation: Evaluation, fit_stem: Path, fit: dict[str, Any], st
         tested = MetaTest(dataset, protocol, cell.shot, device, int(runtime["eval_chunk"])).run(
             learner, learners, bar, events.stage)
         record = {
-            "status": "ok", "config_hash": cell.hash,
-            "suite": config["suite"]["name"], "profile": config["profile"],
-            "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
-            "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
-            **tested.fields,
+            **cell.identity(), **tested.fields,
             "timings": {**fit["timings"], "eval_seconds": tested.seconds,
                         "fit_wall_seconds": fit["timings"].get("wall_seconds"),
                         "wall_seconds": time.perf_counter() - wall},

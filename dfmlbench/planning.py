@@ -29,6 +29,13 @@ class Cell:
     sweep: dict[str, Any] = field(default_factory=dict)  # this cell's values of the swept settings
     overrides: dict[str, Any] = field(default_factory=dict)  # the run's --set KEY=VALUE, as given
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that open the cell's record: what it is, and its config hash."""
+        protocol = self.config["protocol"]
+        return {"status": "ok", "config_hash": self.hash, "suite": self.config["suite"]["name"],
+                "profile": self.config["profile"], "method": self.method.name, "dataset": self.dataset,
+                "way": protocol["way"], "shot": self.shot, "query": protocol["query"], "seed": self.seed}
+
     @property
     def label(self) -> str:
         swept = "".join(f" {key}={value}" for key, value in self.sweep.items())

@@ -109,11 +109,7 @@ class CellRunner:
         tested = meta_test.run(learner, ctx.extra_learners, self._bar, events.stage)
         recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
         record = {
-            "status": "ok", "config_hash": cell.hash,
-            "suite": config["suite"]["name"], "profile": config["profile"],
-            "method": cell.method.name, "dataset": cell.dataset, "way": protocol["way"],
-            "shot": cell.shot, "query": protocol["query"], "seed": cell.seed,
-            **tested.fields,
+            **cell.identity(), **tested.fields,
             "timings": {
                 # A method recovers data exactly when it timed some under ctx.recovery().
                 "recovery_seconds": recovery if ctx.recovery_clock.intervals else None,
