@@ -25,7 +25,7 @@ from dfmlbench.learner_store import MAIN_LEARNER, load_learners
 from dfmlbench.locks import claimed
 from dfmlbench.meta_test import MetaTest
 from dfmlbench.planning import Cell, cell_stem, expand_cells, unique_cells
-from dfmlbench.records import environment, finished_record, write_record
+from dfmlbench.records import CellRecord, environment, finished_record, write_record
 
 EVALUATION_PREFIX = "protocol."  # the overrides an evaluation may change; every other one selects the fit
 
@@ -117,7 +117,7 @@ def evaluate_one(evaluation: Evaluation, fit_stem: Path, fit: dict[str, Any], st
         events.stage("start", device=str(device), config_hash=cell.hash, fit=evaluation.fit.hash)
         tested = MetaTest(dataset, protocol, cell.shot, device, int(runtime["eval_chunk"])).run(
             learner, learners, bar, events.stage)
-        record = {
+        record: CellRecord = {
             **cell.identity(), **tested.fields,
             "timings": {**fit["timings"], "eval_seconds": tested.seconds,
                         "fit_wall_seconds": fit["timings"].get("wall_seconds"),

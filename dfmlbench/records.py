@@ -9,7 +9,7 @@ import zipfile
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -18,6 +18,76 @@ from dfmlbench import __version__
 from dfmlbench.paths import PACKAGE_DIR, save_npy_atomic, write_json_atomic
 
 SCHEMA_VERSION = 1
+
+
+class Timings(TypedDict, total=False):
+    recovery_seconds: float | None  # data recovery only (the paper's Time column); None: none
+    meta_train_seconds: float
+    validation_seconds: float
+    eval_seconds: float
+    pool_seconds: float
+    wall_seconds: float
+    fit_wall_seconds: float  # an evaluation's: the fit's wall time
+
+
+class CellRecord(TypedDict, total=False):
+    """A method cell's record (`run`, and `evaluate` of a saved learner), as written as JSON.
+    `finished_record` checks what tables and paired tests need of it."""
+
+    status: str  # "ok" (a crashed cell's `.failed.json` holds "failed", its error and traceback)
+    config_hash: str
+    suite: str
+    profile: str
+    method: str
+    dataset: str
+    way: int
+    shot: int
+    query: int
+    seed: int
+    accuracy: dict[str, Any]  # mean, ci95, std, n, ...
+    extra_evaluations: dict[str, dict[str, Any]]  # diagnostic learners (the last step's)
+    per_domain: dict[str, dict[str, Any]]
+    meta_test_lr: dict[str, Any]  # chosen, selected_on, val_accuracy_by_lr
+    test_episodes: dict[str, Any]  # count, sha, episode_seed
+    timings: Timings
+    sweep: dict[str, Any]
+    overrides: dict[str, Any]  # the run's --set KEY=VALUE, as given
+    events_file: str
+    learner: str  # the learner's description
+    learner_file: str | None  # the saved learner beside the record (None: see learner_not_saved)
+    learner_not_saved: str | None
+    evaluation_of: dict[str, Any]  # an evaluation's fit: config_hash, record, shot
+    method_info: dict[str, Any]
+    curves: dict[str, list[tuple[int, float]]]
+    pool: dict[str, Any] | None
+    dataset_fingerprint: str
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    started_at: str
+    finished_at: str
+    per_episode_file: str  # added by write_record
+    schema_version: int  # added by write_record
+
+
+class AnalysisRecord(TypedDict, total=False):
+    """An analysis cell's record (dfmlbench.analysis): arrays instead of accuracies."""
+
+    status: str
+    config_hash: str
+    suite: str
+    profile: str
+    analysis: str
+    dataset: str
+    seed: int
+    info: dict[str, Any]
+    arrays_file: str
+    pool: dict[str, Any]
+    timings: Timings
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    started_at: str
+    finished_at: str
+    schema_version: int
 
 
 def _git(*args: str) -> str | None:
@@ -155,7 +225,8 @@ def failed_path(stem: Path) -> Path:
     return stem.with_suffix(".failed.json")
 
 
-def write_record(stem: Path, record: dict[str, Any], per_episode: np.ndarray | None) -> Path:
+def write_record(stem: Path, record: CellRecord | AnalysisRecord | dict[str, Any],
+                 per_episode: np.ndarray | None) -> Path:
     """Per-episode file first, JSON last: a JSON record always has its episodes beside it.
     A failed record goes to `failed_path`; a finished one removes an earlier failure's."""
     if per_episode is not None:

@@ -26,7 +26,7 @@ from dfmlbench.locks import claimed
 from dfmlbench.planning import Cell, cell_stem, unique_cells
 from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
-from dfmlbench.records import device_name, environment, finished_record, method_label, write_record
+from dfmlbench.records import CellRecord, device_name, environment, finished_record, method_label, write_record
 
 
 @dataclass
@@ -108,7 +108,7 @@ class CellRunner:
 
         tested = meta_test.run(learner, ctx.extra_learners, self._bar, events.stage)
         recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
-        record = {
+        record: CellRecord = {
             **cell.identity(), **tested.fields,
             "timings": {
                 # A method recovers data exactly when it timed some under ctx.recovery().

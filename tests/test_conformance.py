@@ -13,6 +13,7 @@ import pytest
 
 from cli_harness import call
 from dfmlbench.methods import METHODS
+from dfmlbench.records import CellRecord, Timings
 
 # The methods that invert teachers into data (the paper's Time column); every other method
 # must record no recovery time.
@@ -40,6 +41,8 @@ def smoke_run(name: str, out: Path) -> tuple[dict, np.ndarray]:
 def test_every_method_conforms_at_smoke_scale(name, tmp_path):
     record, accuracies = smoke_run(name, tmp_path / "first")
     assert set(RECORD_FIELDS) <= set(record)
+    assert set(record) <= set(CellRecord.__annotations__)  # the one record schema declares every field
+    assert set(record["timings"]) <= set(Timings.__annotations__)
     assert record["status"] == "ok" and record["method"] == name and record["profile"] == "smoke"
     assert set(TIMINGS) <= set(record["timings"])
     assert record["accuracy"]["n"] == record["test_episodes"]["count"] == len(accuracies) > 0

@@ -18,7 +18,7 @@ from dfmlbench.data import load_dataset
 from dfmlbench.errors import UserError, note
 from dfmlbench.paths import save_npz_atomic
 from dfmlbench.pool import PoolSpec, obtain_pool
-from dfmlbench.records import environment, finished_record, write_record
+from dfmlbench.records import AnalysisRecord, environment, finished_record, write_record
 from dfmlbench.registry import Registry, did_you_mean
 from dfmlbench.schema import choice, rule_from_default
 
@@ -109,7 +109,7 @@ def run_analysis_cell(cell: AnalysisCell, out_dir: Path, force: bool = False) ->
     info = {k: v for k, v in vars(result).items() if not isinstance(v, np.ndarray)}
     arrays_file = stem.with_suffix(".arrays.npz")
     save_npz_atomic(arrays_file, **arrays)
-    record = {
+    record: AnalysisRecord = {
         "status": "ok", "config_hash": cell.hash, "suite": cell.config["suite"]["name"],
         "profile": cell.config["profile"], "analysis": cell.analysis, "dataset": cell.dataset,
         "seed": cell.seed, "info": info, "arrays_file": arrays_file.name,
