@@ -6,7 +6,9 @@ augmentation, the losses, the Adam optimiser) and keeps its own NCHW generator f
 - `recover_teachers`: FIVE's b recoveries, one deep-copied generator per teacher, in a loop;
 - `replay_tasks`: second-order MAML replay, one graph and one backward() per task;
 - `meta_test`: the meta-test, `vmap` adaptation of a chunk of episodes (the 1-shot default),
-  or the one-episode loop with a module copy and torch.optim.SGD (faster at 5-shot).
+  or the one-episode loop with a module copy and torch.optim.SGD (faster at 5-shot);
+- `frozen_model`: a model as the library built it then (Conv4 blocks ReLU before max-pool),
+  for every model the baseline paths run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from dfmlbench.inversion.losses import agreement_masked_kl
+
+
+def frozen_model(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its Conv4 blocks in their former order, conv-BN-ReLU-max-pool
+    (the same function and parameters: ReLU and max commute)."""
+    frozen = copy.deepcopy(model)
+    for block in frozen.modules():
+        if isinstance(block, nn.Sequential) and len(block) == 4 and isinstance(block[3], nn.ReLU):
+            block[2], block[3] = block[3], block[2]
+    return frozen
 
 
 def generate(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:

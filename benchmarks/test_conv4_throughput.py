@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import baseline_paths
 from speed import best_seconds, check_ratio, target
 from dfmlbench.kernels import in_layout
 from dfmlbench.models import build_model
@@ -34,11 +35,12 @@ def matmul_peak_gflops(n: int = 1024) -> float:
     return 2.0 * n ** 3 / best_seconds(lambda: a @ b, rounds=5) / 1e9
 
 
-def step_seconds(threads: int, layout) -> float:
+def step_seconds(threads: int, layout, frozen: bool) -> float:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model = build_model("conv4", batch_stat_bn=True, generator=torch.Generator().manual_seed(0))
+        model = baseline_paths.frozen_model(model) if frozen else model
         x, y = layout(torch.randn(BATCH, 3, SIZE, SIZE)), torch.arange(5).repeat(BATCH // 5)
 
         def step() -> None:
@@ -54,7 +56,8 @@ def step_seconds(threads: int, layout) -> float:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv4_training_step_throughput(benchmark, threads):
     peak = matmul_peak_gflops()
-    seconds = {"nchw": step_seconds(threads, lambda x: x), "library": step_seconds(threads, in_layout)}
+    seconds = {"nchw": step_seconds(threads, lambda x: x, frozen=True),  # the blocks and layout before
+               "library": step_seconds(threads, in_layout, frozen=False)}
     flops = conv4_step_flops(BATCH, SIZE)
     for name, s in seconds.items():
         achieved = flops / s / 1e9

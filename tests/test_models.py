@@ -66,3 +66,23 @@ def test_copy_parameters_loads_teacher_weights_without_running_stats():
 def test_unknown_architecture_suggests_the_closest():
     with pytest.raises(UserError, match="did you mean 'conv4'"):
         build_model("conv5")
+
+
+def test_conv4_pools_before_its_relu_and_computes_the_official_block():
+    """conv-BN-max-pool-ReLU is conv-BN-ReLU-max-pool (ReLU and max commute): the same outputs,
+    the same gradients up to summation order, at a quarter of the ReLU's work."""
+    import copy
+
+    from torch import nn
+    model = build_model("conv4", 5, 84, 3, batch_stat_bn=True, generator=torch.Generator().manual_seed(0))
+    official = copy.deepcopy(model)
+    for block in official.features:
+        assert isinstance(block[2], nn.MaxPool2d) and isinstance(block[3], nn.ReLU)
+        block[2], block[3] = block[3], block[2]
+    x = torch.randn(6, 3, 84, 84, generator=torch.Generator().manual_seed(1))  # 84 px: odd sides floor
+    ours, theirs = model(x), official(x)
+    assert torch.equal(ours, theirs)
+    ours.square().sum().backward()
+    theirs.square().sum().backward()
+    for a, b in zip(model.parameters(), official.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
