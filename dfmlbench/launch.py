@@ -183,42 +183,44 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
     results: list[tuple[str, bool]] = []  # (what, failed) of the local jobs
     print(f"submitting {len(planned) + len(analyses)} cell(s) through submitit ({args.launcher}); {skipped} done "
           f"or running; job logs under {folder}")
+    name = f"dfmlbench-{config['suite']['name']}"
     if analyses:
-        ex = executor(args.launcher, folder / "%j", launcher, f"dfmlbench-{config['suite']['name']}")
-        with ex.batch():
-            submitted = [ex.submit(AnalysisJob(selection, a.hash, str(out), args.force)) for a in analyses]
-        labelled = [(a.label, job) for a, job in zip(analyses, submitted)]
-        for what, job in labelled:
-            _log(folder, job, "analysis", what)
-            print(f"  {job.job_id}  {what}")
-        results += _wait(labelled) if local else []
+        results += _submit(executor(args.launcher, folder / "%j", launcher, name), "analysis", folder, local,
+                           [(a.label, AnalysisJob(selection, a.hash, str(out), args.force)) for a in analyses])[1]
     for need, members in groups.items():
-        ex = executor(args.launcher, folder / "%j", launcher, f"dfmlbench-{config['suite']['name']}")
+        ex = executor(args.launcher, folder / "%j", launcher, name)
         if need is not None and need.state(runtime["data_root"]) != "built":
-            pool_job = ex.submit(PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())),
-                                         data_root or runtime["data_root"], bool(runtime.get("download")),
-                                         runtime["device"]))
-            _log(folder, pool_job, "pool", need.label)
-            if local:  # the local engine has no dependencies: the pool first
-                _wait([(f"pool {need.label}", pool_job)])
-            else:  # its cells start when the pool job ends (afterany: a cell completes a failed build)
+            pool = PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())), data_root or runtime["data_root"],
+                           bool(runtime.get("download")), runtime["device"])
+            # locally (no dependencies) the pool is built first; on Slurm its cells start when the
+            # pool job ends (afterany: a cell completes a failed build itself, under the lock)
+            (pool_job,), _ = _submit(ex, "pool", folder, local, [(f"pool {need.label}", pool)])
+            if not local:
                 ex.update_parameters(additional_parameters={**dict(launcher["slurm"]),
                                                             "dependency": f"afterany:{pool_job.job_id}"})
-        jobs = [CellJob(selection, p.cell.method.name, p.cell.hash, str(out), args.force) for p in members]
+        jobs = [(p.cell.label, CellJob(selection, p.cell.method.name, p.cell.hash, str(out), args.force))
+                for p in members]
         wave = launcher["array_parallelism"] if local else len(jobs)  # locally, that many processes at once
         for start in range(0, len(jobs), wave):
-            with ex.batch():  # one Slurm job array
-                submitted = [ex.submit(job) for job in jobs[start:start + wave]]
-            labelled = [(p.cell.label, job) for p, job in zip(members[start:start + wave], submitted)]
-            for what, job in labelled:
-                _log(folder, job, "cell", what)
-                print(f"  {job.job_id}  {what}")
-            results += _wait(labelled) if local else []
+            results += _submit(ex, "cell", folder, local, jobs[start:start + wave])[1]
     if not local:
         print(f"`python -m dfmlbench plan --suite {args.suite} --out {out}` shows progress; "
               "the same command again resubmits what is not done")
         return 0
     return 1 if any(error for _, error in results) else 0
+
+
+def _submit(ex: Any, kind: str, folder: Path, local: bool,
+            jobs: list[tuple[str, Any]]) -> tuple[list[Any], list[tuple[str, bool]]]:
+    """Submit (what, job) pairs as one batch (a Slurm job array), log them; locally, wait for
+    them. The submitted jobs, and locally each one's (what, failed)."""
+    with ex.batch():
+        submitted = [ex.submit(job) for _, job in jobs]
+    labelled = [(what, job) for (what, _), job in zip(jobs, submitted)]
+    for what, job in labelled:
+        _log(folder, job, kind, what)
+        print(f"  {job.job_id}  {what}")
+    return submitted, _wait(labelled) if local else []
 
 
 def _wait(jobs: list[tuple[str, Any]]) -> list[tuple[str, bool]]:
