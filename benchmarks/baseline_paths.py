@@ -7,8 +7,9 @@ augmentation, the losses, the Adam optimiser) and keeps its own NCHW generator f
 - `replay_tasks`: second-order MAML replay, one graph and one backward() per task;
 - `meta_test`: the meta-test, `vmap` adaptation of a chunk of episodes (the 1-shot default),
   or the one-episode loop with a module copy and torch.optim.SGD (faster at 5-shot);
-- `frozen_model`: a model as the library built it then (Conv4 blocks ReLU before max-pool),
-  for every model the baseline paths run.
+- `frozen_model`, `frozen_generator`: a model (Conv4 blocks ReLU before max-pool) and the
+  generator (x2 upsampling, then a 3x3 convolution) as the library built them then, for every
+  network the baseline paths run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def frozen_model(model: nn.Module) -> nn.Module:
     for block in frozen.modules():
         if isinstance(block, nn.Sequential) and len(block) == 4 and isinstance(block[3], nn.ReLU):
             block[2], block[3] = block[3], block[2]
+    return frozen
+
+
+def frozen_generator(generator: nn.Module) -> nn.Module:
+    """A copy of the generator with each fused upsampling convolution as it was: nn.Upsample,
+    then nn.Conv2d with the same weights (the same function)."""
+    from dfmlbench.inversion.generator import UpsampledConv2d
+
+    frozen = copy.deepcopy(generator)
+    body = []
+    for module in frozen.body:
+        if isinstance(module, UpsampledConv2d):
+            conv = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1, bias=module.bias is not None)
+            conv.load_state_dict(module.state_dict())
+            body += [nn.Upsample(scale_factor=2), conv.to(module.weight)]
+        else:
+            body.append(module)
+    frozen.body = nn.Sequential(*body)
     return frozen
 
 

@@ -50,7 +50,8 @@ def test_free_epoch_at_paper_settings(benchmark, pool, tmp_path):
     s = training.replay_settings
 
     recovery = best_seconds(lambda: training.recover(teachers, warmup=False), ROUNDS)
-    generator, student = copy.deepcopy(training.generator), baseline_paths.frozen_model(training.model)
+    generator = baseline_paths.frozen_generator(training.generator)
+    student = baseline_paths.frozen_model(training.model)
     rng = torch.Generator().manual_seed(0)
     frozen_teachers = [baseline_paths.frozen_model(t.model) for t in teachers]
     baseline_recovery = best_seconds(lambda: baseline_paths.recover_teachers(

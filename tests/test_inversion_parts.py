@@ -124,3 +124,29 @@ def test_bn_statistics_term_is_zero_at_the_running_statistics_and_hooks_are_remo
         teacher(x)
     bn.total().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bias, size", [(False, 8), (True, 7)])
+def test_upsampled_conv_is_a_nearest_upsampling_then_the_convolution(bias, size):
+    """The generator's fused x2-upsampling convolution computes nn.Upsample then nn.Conv2d with
+    the same weights (float64: equal to rounding), forward and backward, in either layout."""
+    from torch import nn
+
+    from dfmlbench.inversion.generator import UpsampledConv2d
+    torch.manual_seed(0)
+    fused = UpsampledConv2d(6, 5, bias=bias).double()
+    if bias:
+        nn.init.normal_(fused.bias)
+    plain = nn.Conv2d(6, 5, 3, padding=1, bias=bias).double()
+    plain.load_state_dict(fused.state_dict())
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(3, 6, size, size, dtype=torch.float64).contiguous(memory_format=layout)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours, theirs = fused(x1), plain(nn.functional.interpolate(x2, scale_factor=2, mode="nearest"))
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+        fused.zero_grad(), plain.zero_grad()
+        ours.pow(3).sum().backward()
+        theirs.pow(3).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+        for a, b in zip(fused.parameters(), plain.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
