@@ -1,4 +1,4 @@
-# The commands that made this folder (2-core CPU, torch 2.14.1; about 25 minutes).
+# The commands that made this folder (2-core AMD EPYC, torch 2.14.1; about 20 minutes, suite version 2).
 python -m dfmlbench run --suite inversion --profile cpu --out runs --no-progress > summary.md
 for m in free purer bidf-mkd; do
   python -m dfmlbench compare runs/inversion/cpu/$m/*.json runs/inversion/cpu/random/*.json
