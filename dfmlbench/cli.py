@@ -102,14 +102,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolved_cells(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
     """The suite, its resolved config and its method cells, from run's or plan's arguments."""
-    from dfmlbench.config import load_suite, parse_assignment, resolve
+    from dfmlbench.config import command_assignments, load_suite, resolve
     from dfmlbench.planning import expand_cells
 
-    assignments = [parse_assignment(a) for a in args.assignments]
-    if args.device:
-        assignments.append(("runtime.device", args.device))
-    if args.data_root:
-        assignments.append(("runtime.data_root", args.data_root))
+    assignments = command_assignments(args.assignments, args.device, args.data_root)
     suite = load_suite(args.suite)
     config = resolve(suite, args.profile, assignments)
     return suite, config, expand_cells(config, args.method)
@@ -132,13 +128,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dfmlbench.config import load_suite, parse_assignment
+    from dfmlbench.config import command_assignments, load_suite
     from dfmlbench.evaluate import plan_evaluations, run_evaluations
     from dfmlbench.paths import check_writable_folder
 
-    assignments = [parse_assignment(a) for a in args.assignments]
-    assignments += [(key, value) for key, value in (("runtime.device", args.device),
-                                                    ("runtime.data_root", args.data_root)) if value]
+    assignments = command_assignments(args.assignments, args.device, args.data_root)
     suite = load_suite(args.suite)
     evaluations = plan_evaluations(suite, args.profile, assignments, args.method, args.fit_shot)
     runs, out = Path(args.runs), Path(args.out if args.out != "runs" else args.runs)
@@ -211,13 +205,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"no records under {args.runs}" + (f" of suite {args.suite}" if args.suite else ""))
         return 0
-    with pd_options():
+    with _pd_options():
         print(frame.drop(columns=["config_hash", "record"]).to_string(index=False))
     print(f"{len(frame)} record(s); --csv FILE writes every column (config hash and record path too)")
     return 0
 
 
-def pd_options() -> Any:
+def _pd_options() -> Any:
     import pandas as pd
     return pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format",
                              "{:.2f}".format)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -170,6 +170,14 @@ def _check_dotted(key: str, where: str) -> None:
             hint = did_you_mean(part, choices) if choices else "it has no sub-settings"
             raise UserError(f"{where}: unknown setting '{key}': {hint}")
         node = node[part]
+
+
+def command_assignments(raw: Sequence[str], device: str | None, data_root: str | None) -> list[tuple[str, Any]]:
+    """A command's `--set KEY=VALUE`s, then its `--device` and `--data-root` as the settings
+    they stand for (run, plan, evaluate and the launcher's jobs alike)."""
+    assignments = [parse_assignment(text) for text in raw]
+    return assignments + [(key, value) for key, value in (("runtime.device", device),
+                                                          ("runtime.data_root", data_root)) if value]
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

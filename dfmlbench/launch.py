@@ -34,11 +34,9 @@ class Selection:
     data_root: str | None
 
     def config(self) -> dict[str, Any]:
-        from dfmlbench.config import load_suite, parse_assignment, resolve
+        from dfmlbench.config import command_assignments, load_suite, resolve
 
-        assignments = [parse_assignment(a) for a in self.assignments]
-        assignments += [(key, value) for key, value in (("runtime.device", self.device),
-                                                        ("runtime.data_root", self.data_root)) if value]
+        assignments = command_assignments(self.assignments, self.device, self.data_root)
         return resolve(load_suite(self.suite), self.profile, assignments)
 
     def cells(self, methods: list[str] | None = None) -> list[Any]:
