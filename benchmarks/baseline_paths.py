@@ -15,7 +15,8 @@ augmentation, the losses, the Adam optimiser) and keeps its own NCHW generator f
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -119,10 +120,31 @@ def replay_tasks(model: nn.Module, tasks, normalize: Callable, inner_steps: int,
     return accuracies
 
 
+@dataclass(frozen=True)
+class EpisodeBatch:
+    support: torch.Tensor  # float (E, way*shot, C, H, W)
+    support_labels: torch.Tensor  # int64 (E, way*shot)
+    query: torch.Tensor  # float (E, way*query, C, H, W)
+    query_labels: torch.Tensor
+    first: int  # index of the first episode of the batch in its EpisodeSet
+
+
+def episode_batches(dataset, episodes, chunk: int, device: torch.device | str) -> Iterator[EpisodeBatch]:
+    """Episodes `chunk` at a time, as normalised NCHW tensors on `device`."""
+    labels = episodes.labels().to(device)
+    n_support = episodes.support_size
+    for first in range(0, len(episodes), chunk):
+        idx = episodes.indices[first:first + chunk]
+        images = dataset.normalize(dataset.images[torch.from_numpy(idx.reshape(-1))], device)
+        images = images.view(len(idx), idx.shape[1], *images.shape[1:])
+        tiled = labels.expand(len(idx), -1)
+        yield EpisodeBatch(images[:, :n_support], tiled[:, :n_support],
+                           images[:, n_support:], tiled[:, n_support:], first)
+
+
 def meta_test(model: nn.Module, dataset, episodes, steps: int = 10, lr: float = 0.01, chunk: int = 20,
               loop: bool = False, device: torch.device | str = "cpu") -> np.ndarray:
     """Per-episode accuracies: `vmap` over chunks of episodes, or (loop) one episode at a time."""
-    from dfmlbench.evaluation import episode_batches
     accuracies = np.empty(len(episodes))
     if loop:
         for batch in episode_batches(dataset, episodes, 1, device):

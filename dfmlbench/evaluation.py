@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from dfmlbench.adaptation import Params, forward, parameters_of, sgd_adapt
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.episodes import EpisodeSet
-from dfmlbench.kernels import PerThread, in_layout, task_map
+from dfmlbench.kernels import PerThread, in_layout, in_layout_params, task_map
 from dfmlbench.learner import Learner
 
 
@@ -30,26 +29,18 @@ class AdaptProtocol:
 
 
 @dataclass(frozen=True)
-class EpisodeBatch:
-    support: torch.Tensor  # float (E, way*shot, C, H, W)
-    support_labels: torch.Tensor  # int64 (E, way*shot)
-    query: torch.Tensor  # float (E, way*query, C, H, W)
+class Episode:
+    support: torch.Tensor  # float (way*shot, C, H, W), normalised, in the device's layout
+    support_labels: torch.Tensor  # int64 (way*shot,)
+    query: torch.Tensor  # float (way*query, C, H, W)
     query_labels: torch.Tensor
-    first: int  # index of the first episode of the batch in its EpisodeSet
 
 
-def episode_batches(dataset: ImageDataset, episodes: EpisodeSet, chunk: int,
-                    device: torch.device | str) -> Iterator[EpisodeBatch]:
-    """Episodes `chunk` at a time, as normalised tensors on `device`."""
-    labels = episodes.labels().to(device)
-    n_support = episodes.support_size
-    for first in range(0, len(episodes), chunk):
-        idx = episodes.indices[first:first + chunk]
-        images = dataset.normalize(dataset.images[torch.from_numpy(idx.reshape(-1))], device)
-        images = images.view(len(idx), idx.shape[1], *images.shape[1:])
-        tiled = labels.expand(len(idx), -1)
-        yield EpisodeBatch(images[:, :n_support], tiled[:, :n_support],
-                           images[:, n_support:], tiled[:, n_support:], first)
+def episode_tensors(dataset: ImageDataset, episodes: EpisodeSet, index: int, device: torch.device | str) -> Episode:
+    """Episode `index` as normalised tensors on `device`, in its preferred layout."""
+    images = dataset.normalize(dataset.images[torch.from_numpy(episodes.indices[index])], device)
+    images, labels, n_support = in_layout(images), episodes.labels().to(device), episodes.support_size
+    return Episode(images[:n_support], labels[:n_support], images[n_support:], labels[n_support:])
 
 
 def _match_heads(support_logits: torch.Tensor, support_labels: torch.Tensor, way: int) -> np.ndarray:
@@ -86,31 +77,32 @@ def evaluate(learner: Learner, dataset: ImageDataset, episodes: EpisodeSet,
     """
     model = copy.deepcopy(learner.model).to(device)
     steps = protocol.steps if learner.adapt_steps is None else learner.adapt_steps
-    shared_init = parameters_of(model)
+    shared_init = in_layout_params(parameters_of(model))
     modules = PerThread(lambda: copy.deepcopy(model))
 
-    def adapt_and_predict(episode: tuple[Params, torch.Tensor, torch.Tensor, torch.Tensor]
-                          ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        init, support, support_labels, query = episode
-        net = modules.get()
-        support, query = in_layout(support), in_layout(query)
+    def adapt_and_predict(task: tuple[int, Params]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One episode on its worker: its images, adaptation, then (support logits if head
+        matching, query logits)."""
+        index, init = task
+        episode, net = episode_tensors(dataset, episodes, index, device), modules.get()
         with torch.no_grad():  # sgd_adapt takes its gradients; no graph is kept between steps
-            adapted = sgd_adapt(net, init, support, support_labels, steps, protocol.lr)
-            support_logits = forward(net, adapted, support) if learner.head_matching else None
-            return support_logits, forward(net, adapted, query)
+            adapted = sgd_adapt(net, init, episode.support, episode.support_labels, steps, protocol.lr)
+            support_logits = forward(net, adapted, episode.support) if learner.head_matching else None
+            return support_logits, forward(net, adapted, episode.query)
 
+    labels, n_support = episodes.labels(), episodes.support_size
     accuracies = np.empty(len(episodes), dtype=np.float64)
-    for batch in episode_batches(dataset, episodes, chunk, device):
-        count = len(batch.support)
-        inits = ([shared_init] * count if learner.init_for_episode is None else  # drawn here, in order
-                 [{k: v.to(device) for k, v in learner.init_for_episode(batch.first + i).items()} for i in range(count)])
-        logits = task_map(adapt_and_predict, list(zip(inits, batch.support, batch.support_labels, batch.query)),
-                          device)
-        for i, (support_logits, query_logits) in enumerate(logits):
-            prediction = _predict(learner, support_logits, batch.support_labels[i], query_logits, episodes.way)
-            accuracies[batch.first + i] = _accuracy(prediction, batch.query_labels[i])
+    for first in range(0, len(episodes), chunk):
+        indices = range(first, min(first + chunk, len(episodes)))
+        inits = ([shared_init] * len(indices) if learner.init_for_episode is None else  # drawn here, in order
+                 [in_layout_params({k: v.to(device) for k, v in learner.init_for_episode(i).items()})
+                  for i in indices])
+        logits = task_map(adapt_and_predict, list(zip(indices, inits)), device)
+        for index, (support_logits, query_logits) in zip(indices, logits):
+            prediction = _predict(learner, support_logits, labels[:n_support], query_logits, episodes.way)
+            accuracies[index] = _accuracy(prediction, labels[n_support:])
         if progress is not None:
-            progress.update(count)
+            progress.update(len(indices))
     return accuracies
 
 

@@ -100,6 +100,12 @@ def in_layout(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=preferred_layout(images.device)) if images.dim() == 4 else images
 
 
+def in_layout_params(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convolution weights in their device's preferred layout too: with channels-last images,
+    oneDNN otherwise reorders each NCHW weight (and its gradient) on every call."""
+    return {name: in_layout(p) for name, p in params.items()}
+
+
 class PerThread:
     """One `factory()` result per thread that asks for it: a task that runs a shared module
     through functional_call needs a module of its own (functional_call swaps its attributes)."""

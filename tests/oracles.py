@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dfmlbench import evaluation
-from dfmlbench.evaluation import AdaptProtocol, _accuracy, episode_batches
+from dfmlbench.evaluation import AdaptProtocol, _accuracy, episode_tensors
 from dfmlbench.inversion.recovery import recover_task
 from dfmlbench.maml import maml_query_loss
 
@@ -25,21 +25,22 @@ def evaluate_reference(learner, dataset, episodes,
     """
     steps = protocol.steps if learner.adapt_steps is None else learner.adapt_steps
     accuracies = np.empty(len(episodes), dtype=np.float64)
-    for batch in episode_batches(dataset, episodes, 1, device):
+    for index in range(len(episodes)):
+        episode = episode_tensors(dataset, episodes, index, device)
         model = copy.deepcopy(learner.model).to(device).train()
         if learner.init_for_episode is not None:
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    p.copy_(learner.init_for_episode(batch.first)[name])
+                    p.copy_(learner.init_for_episode(index)[name])
         optimizer = torch.optim.SGD(model.parameters(), lr=protocol.lr)
-        xs, ys, xq = batch.support[0], batch.support_labels[0], batch.query[0]
+        xs, ys, xq = episode.support, episode.support_labels, episode.query
         for _ in range(steps):
             optimizer.zero_grad()
             F.cross_entropy(model(xs), ys).backward()
             optimizer.step()
         with torch.no_grad():
             prediction = evaluation._predict(learner, model(xs), ys, model(xq), episodes.way)
-        accuracies[batch.first] = _accuracy(prediction, batch.query_labels[0])
+        accuracies[index] = _accuracy(prediction, episode.query_labels)
     return accuracies
 
 
