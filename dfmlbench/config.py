@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         # (a diagnostic protocol; null = the paper's fixed `lr`).
         "lr_grid": None,
         "episode_seed": 0,  # the fixed test/val episodes; the same for every method and seed
+        # Also test at every model-selection point, as the official codes do, and record the
+        # maximum as a labelled diagnostic (never used for selection; P4, D10).
+        "max_over_test": False,
     },
     "pool": {"arch": "conv4", "num_teachers": 100, "way": 5, "epochs": 60, "batch_size": 128,
              "lr": 0.01, "clip": 50.0, "select": "best", "seed": 0, "path": None},

@@ -21,6 +21,9 @@ from dfmlbench.schema import Rule, method_rules
 from dfmlbench.timing import Stopwatch
 
 
+TEST_CURVE = "test_accuracy"  # the periodic test diagnostic's curve (protocol.max_over_test)
+
+
 @dataclass
 class RunContext:
     """What a method may use besides the teachers: device, seeds, its settings, timers, logs."""
@@ -39,6 +42,7 @@ class RunContext:
     resume: bool = True  # False under --force: a method's checkpoints are not resumed from
     checkpoint_minutes: float | None = 10.0  # runtime.checkpoint_minutes; None: only where a method asks
     on_log: Callable[[str, int, float], None] | None = None  # streams each curve point (dfmlbench.events)
+    tester: Callable[[Learner], float] | None = None  # protocol.max_over_test: the periodic test diagnostic
     recovery_clock: Stopwatch = field(init=False)
     validation_clock: Stopwatch = field(init=False)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -89,6 +93,13 @@ class RunContext:
             raise RuntimeError("this run has no validation episodes")
         with self.validation_clock.measure():  # not meta-training time
             return self.validator(learner)
+
+    def observe_test(self, learner: Learner, step: int) -> None:
+        """Where the official codes test periodically (protocol.max_over_test): a curve point
+        `test_accuracy` at `step`, timed as validation. Nothing reads it to select a model."""
+        if self.tester is not None:
+            with self.validation_clock.measure():
+                self.log(TEST_CURVE, self.tester(learner), step)
 
     @contextmanager
     def progress(self, total: int, desc: str) -> Iterator[Any]:
@@ -145,6 +156,10 @@ class Method:
     # What a `smoke` profile runs this method with (seconds on a CPU, for tests); a suite's
     # own method_settings and `--set` still win.
     smoke_settings: ClassVar[dict[str, Any]] = {}
+    # Settings added after records of the method existed, each with the value that keeps the
+    # behaviour from before it: a cell config leaves them out at that value (`recorded_settings`),
+    # so earlier records keep their config hashes (as a null protocol.lr_grid is left out).
+    added_settings: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def budget_at(cls, fraction: float) -> dict[str, int]:
@@ -162,6 +177,17 @@ class Method:
         self.settings = {**self.defaults, **settings}
         for key, rule in method_rules(self.defaults, self.choices, self.rules).items():
             self.settings[key] = rule.apply(f"method_settings.{self.name}.{key}", self.settings[key])
+
+    def pool_settings(self) -> dict[str, Any]:
+        """pool.* settings this method's cells use in place of the suite's (free-official's teachers
+        selected as the official code selects them); {} for most methods."""
+        return {}
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """The settings as a cell config states them: all but `added_settings` at their
+        behaviour-keeping values."""
+        return {key: value for key, value in self.settings.items()
+                if not (key in self.added_settings and value == self.added_settings[key])}
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         raise NotImplementedError

@@ -18,6 +18,9 @@ from dfmlbench.records import record_stem
 from dfmlbench.registry import did_you_mean
 
 
+PROTOCOL_OFF = {"lr_grid": None, "max_over_test": False}  # protocol keys added after records existed
+
+
 @dataclass
 class Cell:
     method: Method
@@ -96,23 +99,24 @@ def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
         hint = did_you_mean(key, known) if known else "they take no settings"
         raise UserError(f"--set method.{key}: none of the methods run ({', '.join(names)}) "
                         f"has that setting free to change; {hint}")
-    # Optional keys left at null stay out of the cell config, so older hashes remain valid.
-    protocol = {k: v for k, v in config["protocol"].items() if not (k == "lr_grid" and v is None)}
+    # Optional keys left at their off values stay out of the cell config, so older hashes remain valid.
+    protocol = {k: v for k, v in config["protocol"].items() if not (k in PROTOCOL_OFF and v == PROTOCOL_OFF[k])}
     cells = []
     for method in built:
+        pool = {**config["pool"], **method.pool_settings()}
         for dataset in config["datasets"]:
-            _check_pool_fits_method(method, dataset, config["pool"])
+            _check_pool_fits_method(method, dataset, pool)
             for shot in config["shots"]:
                 for seed in config["seeds"]:
                     cell_config = {
                         "suite": config["suite"], "profile": config["profile"],
-                        "method": {"name": method.name, "settings": method.settings},
+                        "method": {"name": method.name, "settings": method.recorded_settings()},
                         "dataset": dataset, "shot": int(shot), "seed": int(seed),
                         "protocol": protocol, "learner": config["learner"],
                         "runtime": config["runtime"],
                     }
                     if method.uses_teachers:
-                        cell_config["pool"] = config["pool"]
+                        cell_config["pool"] = pool
                     if config.get("budget_fraction") is not None:  # absent: older hashes stay valid
                         cell_config["budget_fraction"] = config["budget_fraction"]
                     cells.append(Cell(method, dataset, int(shot), int(seed), cell_config,

@@ -98,7 +98,8 @@ class CellRunner:
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],
                          dataset.image_size, dataset.channels, protocol["way"], cell.shot,
                          stem.with_suffix(".artifacts"), meta_test.validate, lambda **kw: self._bar(**kw),
-                         resume=self.resume, checkpoint_minutes=runtime["checkpoint_minutes"], on_log=events.point)
+                         resume=self.resume, checkpoint_minutes=runtime["checkpoint_minutes"], on_log=events.point,
+                         tester=meta_test.test_mean if protocol.get("max_over_test") else None)
         torch.manual_seed(derive_seed(cell.seed, "global"))
         events.stage("fit", method=cell.method.name)
         t0 = time.perf_counter()
@@ -106,7 +107,7 @@ class CellRunner:
         fit_seconds = time.perf_counter() - t0
         saved = save_learners(stem, {MAIN_LEARNER: learner, **ctx.extra_learners})
 
-        tested = meta_test.run(learner, ctx.extra_learners, self._bar, events.stage)
+        tested = meta_test.run(learner, ctx.extra_learners, self._bar, events.stage, ctx.curves)
         recovery, validation = ctx.recovery_clock.seconds, ctx.validation_clock.seconds
         record: CellRecord = {
             **cell.identity(), **tested.fields,

@@ -143,6 +143,7 @@ GLOBAL_RULES: dict[str, Rule] = {
     "protocol.lr": POSITIVE,
     "protocol.lr_grid": optional(items(POSITIVE)),
     "protocol.episode_seed": SEED,
+    "protocol.max_over_test": flag(),
     "pool.arch": text(),  # one of the architectures or `mix`: checked by config (needs the models)
     "pool.num_teachers": COUNT,
     "pool.way": integer(2),

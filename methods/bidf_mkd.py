@@ -71,7 +71,7 @@ class BiDfMKD(Method):
         "kd_quirk": False,  # the official softmax-as-log-prob KD (as FREE D6)
         "bank_slots": 20,  # max_batch_per_class
         "aug_granularity": "batch",
-        "val_interval": 2000,
+        "val_interval": 500,  # meta-iterations: the official val_interval 2000 counts episodes (BD6)
     }
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
@@ -122,10 +122,10 @@ class BiDfTraining:
                 pending = self.event_pending
                 if s["event_rule"] == "periodic":
                     pending = pending or (iteration - 1) % s["generate_interval"] == 0
-                pending = pending or not self.bank_ready()
-                accuracy = self.meta_iteration(iteration, event=pending)
-                if pending:
-                    pending = False
+                events = self.event_slots(pending)
+                accuracy = self.meta_iteration(iteration, events)
+                if events:
+                    pending = False  # an event ran: the trigger is served
                 elif s["event_rule"] == "plateau":
                     pending = self.plateau.stalled(accuracy)
                 self.event_pending = pending
@@ -163,20 +163,31 @@ class BiDfTraining:
     def bank_ready(self) -> bool:
         return len(self.bank.classes_with(self.ctx.shot + self.s["replay_query"])) >= self.ctx.way
 
-    def meta_iteration(self, iteration: int, event: bool) -> float:
-        """`episode_batch` episode losses, summed into one Adam step: generation events (one
-        teacher each) or MAML replay. Returns the replay train accuracy (nan for events)."""
+    def event_slots(self, triggered: bool) -> int:
+        """How many of the meta-batch's `episode_batch` slots are generation events, the rest
+        replay: every slot while the bank cannot form a task; when an event is due, every slot
+        under the periodic rule (TDS) and one under the plateau rule (mainKD, BD2); else none."""
+        if not self.bank_ready():
+            return self.s["episode_batch"]
+        if not triggered:
+            return 0
+        return self.s["episode_batch"] if self.s["event_rule"] == "periodic" else 1
+
+    def meta_iteration(self, iteration: int, events: int) -> float:
+        """`episode_batch` episode losses summed into one Adam step: `events` generation events
+        (one teacher each), then MAML replay in the other slots. Returns the replay train
+        accuracy (nan when every slot was an event)."""
         self.optimizer.zero_grad(set_to_none=True)
         accuracies: list[float] = []
-        if event:
-            teachers = [self.pool[int(self.rng.integers(len(self.pool)))] for _ in range(self.s["episode_batch"])]
-            gradients = self.generation_events(teachers, boundary=iteration > self.s["adv_start"])
-        else:
+        if events:
+            teachers = [self.pool[int(self.rng.integers(len(self.pool)))] for _ in range(events)]
+            add_gradients(self.model, self.generation_events(teachers, boundary=iteration > self.s["adv_start"]))
+        if events < self.s["episode_batch"]:
             tasks = [self.bank.sample_task(self.ctx.way, self.ctx.shot, self.s["replay_query"], self.rng)
-                     for _ in range(self.s["episode_batch"])]
+                     for _ in range(self.s["episode_batch"] - events)]
             episodes = bank_episodes(tasks, self.augment.normalize, self.device)
             gradients, accuracies = maml_meta_gradient(self.model, episodes, self.replay_settings)
-        add_gradients(self.model, gradients)
+            add_gradients(self.model, gradients)
         self.optimizer.step()
         accuracy = float(np.mean(accuracies)) if accuracies else float("nan")
         if accuracies:

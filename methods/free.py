@@ -29,7 +29,7 @@ from dfmlbench.method import Method, RecoveryUnit, RunContext
 from dfmlbench.methods import Variant, register
 from dfmlbench.selection import ModelSelection
 from dfmlbench.pool import Teacher, TeacherPool
-from dfmlbench.schema import integer, optional
+from dfmlbench.schema import choice, integer, optional
 
 # The official code's behaviour for every deviation switch (free.md §9), for `fidelity: official`.
 OFFICIAL = {
@@ -37,12 +37,14 @@ OFFICIAL = {
     "recover_at": "k-1",  # D2, D3
     "adv_quirk": True,  # D5
     "kd_quirk": True,  # D6
+    "teacher_select": "final",  # P3: the official teachers carry their last epoch's weights
 }
 CHOICES = {
     "generator": ("meta", "sequential"), "learner": ("bell", "erm", "none"),
     "bank_add": ("all", "last"), "recover_at": ("k", "k-1"),
     "gen_outer_opt": ("fresh_adam", "persistent_adam", "sgd"), "bell_inner": ("adam", "sgd"),
-    "bell_outer_opt": ("shared", "separate"), "aug_granularity": ("batch", "sample"),
+    "bell_outer": ("adam_pseudograd", "interpolate"), "bell_outer_opt": ("shared", "separate"),
+    "aug_granularity": ("batch", "sample"),
     "fidelity": ("harness", "official"),
 }
 
@@ -56,13 +58,15 @@ CHOICES = {
     "free-sequence": Variant({"generator": "sequential", "learner": "bell"},
                              "Table 5 Sequence: sequential generator + BELL", "Sequence"),
     "free-official": Variant({"fidelity": "official"},
-                             "FREE with the official code's behaviour for every deviation switch"),
+                             "FREE with the official code's behaviour at every deviation switch (D1-D6, "
+                             "last-epoch teachers; D9 leaks test data and is not reproduced)"),
 })
 class Free(Method):
     paper_budget = {"epochs": 980, "warmup_epochs": 19}
     choices = CHOICES
+    added_settings = {"bell_outer": "adam_pseudograd", "bell_epsilon": 1e-3, "teacher_select": None}
     rules = {"warmup_epochs": integer(0), "checkpoint_interval": integer(0),
-             "replay_max_metabatches": optional(integer(1))}
+             "replay_max_metabatches": optional(integer(1)), "teacher_select": optional(choice(("best", "final")))}
     smoke_settings = {"epochs": 2, "warmup_epochs": 1, "teachers_per_epoch": 2, "images_per_class": 4, "nz": 16,
                       "ngf": 8, "k": 2, "replay_query": 3, "replay_episode_batch": 2, "replay_max_metabatches": 1,
                       "val_interval": 1}
@@ -100,8 +104,11 @@ class Free(Method):
         "adv_quirk": False,  # D5
         "kd_quirk": False,  # D6
         "bell_inner": "adam",  # D7
+        "bell_outer": "adam_pseudograd",  # D8: official; "interpolate" is the paper's theta + eps (theta~ - theta)
+        "bell_epsilon": 1e-3,  # the paper's eps, read only by bell_outer: interpolate
         "bell_outer_opt": "shared",  # D8
         "aug_granularity": "batch",
+        "teacher_select": None,  # P3: pool.select for this method's cells ("final" official); null: the suite's
         "fidelity": "harness",  # "official" switches D1, D2/D3, D5, D6 to the official code
     }
 
@@ -109,6 +116,9 @@ class Free(Method):
         super().__init__(**settings)
         if self.settings["fidelity"] == "official":  # explicit user settings still win
             self.settings.update({k: v for k, v in OFFICIAL.items() if k not in settings})
+
+    def pool_settings(self) -> dict[str, Any]:
+        return {} if self.settings["teacher_select"] is None else {"select": self.settings["teacher_select"]}
 
     def fit(self, pool: TeacherPool | None, ctx: RunContext) -> Learner:
         assert pool is not None
@@ -270,6 +280,11 @@ class FreeTraining:
             inner.zero_grad(set_to_none=True)
             kd_loss(clone(view), target, self.s["kd_quirk"]).backward()
             inner.step()
+        if self.s["bell_outer"] == "interpolate":  # the paper's literal outer step, no optimiser
+            with torch.no_grad():
+                for param, adapted in zip(self.model.parameters(), clone.parameters()):
+                    param.add_(adapted - param, alpha=self.s["bell_epsilon"])
+            return
         self.bell_optimizer.zero_grad(set_to_none=True)
         for param, adapted in zip(self.model.parameters(), clone.parameters()):
             param.grad = self.s["reptile_scale"] * (param.detach() - adapted.detach())

@@ -377,6 +377,30 @@ def test_meta_test_lr_chosen_on_meta_val(tmp_path, smoke_run):
     assert record["config_hash"] != fixed["config_hash"]
 
 
+def test_max_over_test_is_a_labelled_diagnostic_beside_the_selected_result(tmp_path):
+    out = tmp_path / "runs"
+    result = call("run", *SMOKE, "--method", "free", "--set", "protocol.max_over_test=true", "--out", out)
+    assert result.code == 0, result.err
+    record = json.loads(the_record(out, "free").read_text())
+    tests, vals = record["curves"]["test_accuracy"], record["curves"]["val_accuracy"]
+    assert [step for step, _ in tests] == [step for step, _ in vals]  # at every selection point
+    diagnostic = record["extra_evaluations"]["max_over_test"]
+    assert diagnostic["mean"] == max(value for _, value in tests) and diagnostic["evaluations"] == len(tests)
+    assert "official-style" in diagnostic["label"] and "selects nothing" in diagnostic["label"]
+    assert record["accuracy"]["mean"] != diagnostic["mean"] or len(tests) == 1  # the result is still the test once
+    assert record["config"]["protocol"]["max_over_test"] is True
+
+
+def test_settings_added_later_keep_earlier_hashes_at_their_old_behaviour():
+    from dfmlbench.planning import expand_cells
+    suite = load_suite("quickstart")
+    (default,) = expand_cells(resolve(suite, "smoke", []), ["free"])
+    (literal,) = expand_cells(resolve(suite, "smoke", [("method_settings.free.bell_outer", "interpolate")]), ["free"])
+    assert "bell_outer" not in default.config["method"]["settings"] and "max_over_test" not in default.config["protocol"]
+    assert default.method.settings["bell_outer"] == "adam_pseudograd"
+    assert literal.config["method"]["settings"]["bell_outer"] == "interpolate" and literal.hash != default.hash
+
+
 def test_a_missing_dataset_stops_the_run_before_any_cell(tmp_path):
     out = tmp_path / "runs"
     result = call("run", *SMOKE, "--method", "random", "--set", "datasets=[glyphs, cifar-fs]",

@@ -80,6 +80,17 @@ def test_bell_takes_the_ith_gradient_after_i_minus_1_sequential_updates(tiny_poo
     assert not torch.equal(after, before)  # the Reptile-style outer step moved theta
 
 
+def test_bell_interpolate_is_the_papers_literal_outer_step(tiny_pool, tmp_path, monkeypatch):
+    """theta <- theta + eps (theta~ - theta): eps = 1 lands on theta~, eps = 0.25 a quarter of the way."""
+    runs = {eps: make_training(tiny_pool, tmp_path / str(eps), bell_outer="interpolate", bell_epsilon=eps)
+            for eps in (1.0, 0.25)}
+    (before, _, adapted), (before_again, _, after) = (kd_forward_weights(runs[eps], monkeypatch) for eps in runs)
+    torch.testing.assert_close(before_again, before)
+    assert not torch.equal(adapted, before)
+    torch.testing.assert_close(after, before + 0.25 * (adapted - before))
+    assert not runs[0.25].optimizer.state  # no optimiser step: the shared Adam is left alone
+
+
 def test_erm_takes_every_gradient_at_theta(tiny_pool, tmp_path, monkeypatch):
     before, seen, after = kd_forward_weights(make_training(tiny_pool, tmp_path, name="free-erm"), monkeypatch)
     assert len(seen) == 3 and all(torch.equal(w, before) for w in seen)
@@ -127,6 +138,18 @@ def test_official_fidelity_preset_switches_every_deviation():
     assert harness["bank_add"] == "all" and harness["recover_at"] == "k" and not harness["kd_quirk"]
     mixed = create_method("free-official", {"kd_quirk": False}).settings  # one switch back to the paper
     assert not mixed["kd_quirk"] and mixed["adv_quirk"]
+
+
+def test_free_official_cells_use_last_epoch_teachers_as_the_official_code():
+    from dfmlbench.config import load_suite, resolve
+    from dfmlbench.planning import expand_cells
+    suite = load_suite("quickstart")
+    cells = {c.method.name: c for c in expand_cells(resolve(suite, "smoke", []), ["free", "free-official", "average"])}
+    assert cells["free-official"].config["pool"]["select"] == "final"  # P3
+    assert cells["free"].config["pool"]["select"] == cells["average"].config["pool"]["select"] == "best"
+    (back,) = expand_cells(resolve(suite, "smoke", [("method_settings.free-official.teacher_select", None)]),
+                           ["free-official"])
+    assert back.config["pool"] == cells["free"].config["pool"]
 
 
 def test_a_full_tiny_run_records_time_curves_and_the_recovered_grid(tiny_pool, tmp_path):

@@ -212,6 +212,25 @@ def test_bidf_periodic_events_then_replay(tiny_pool, tmp_path):
     assert learner.model is training.model and training.ctx.recovery_clock.intervals == 2 * 2
 
 
+def test_bidf_plateau_rule_runs_one_event_beside_replay_as_mainkd(tiny_pool, tmp_path, monkeypatch):
+    training = bidf(tiny_pool, tmp_path, meta_iterations=8, episode_batch=3, event_rule="plateau",
+                    generate_interval=1)
+    slots: list[int] = []
+    original = training.meta_iteration
+    monkeypatch.setattr(training, "meta_iteration", lambda it, events: slots.append(events) or original(it, events))
+    training.run()
+    # every slot is an event until the bank can form a 5-way task (tiny teachers know 5 classes
+    # each, so one event fills it); then a stalled replay accuracy (patience 1, a fresh
+    # running max after each trigger) triggers events in one slot of three, mainKD's rule
+    assert slots[0] == 3 and set(slots[1:]) <= {0, 1} and 1 in slots[1:]
+    assert training.events == 3 + slots[1:].count(1)
+
+
+def test_bidf_validates_every_500_meta_iterations_the_official_2000_episodes():
+    method = create_method("bidf-mkd", {})
+    assert method.settings["val_interval"] * method.settings["episode_batch"] == 2000
+
+
 def test_purer_run_is_reproducible_and_timed(tiny_pool, tmp_path):
     a = purer(tiny_pool, tmp_path / "a")
     b = purer(tiny_pool, tmp_path / "b")

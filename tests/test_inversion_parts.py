@@ -51,6 +51,16 @@ def test_agreement_mask_ignores_disagreeing_samples():
     assert agreement_masked_kl(teacher, teacher).abs() < 1e-6
 
 
+def test_official_adversarial_form_is_finite_when_a_student_probability_underflows():
+    teacher = torch.tensor([[5.0, 0.0, 0.0]])
+    student = torch.tensor([[200.0, 0.0, -200.0]])  # softmax underflows to exactly 0 in class 2
+    assert float(torch.softmax(student, -1)[0, 2]) == 0.0
+    value = agreement_masked_kl(student, teacher, quirk=True)
+    p_t = torch.softmax(teacher[0], -1)
+    # p_s = (1, 0, 0) in float32: sum_c p_s (log p_s - p_t) = 1 * (0 - p_t,0), with 0 log 0 = 0 as F.kl_div
+    assert torch.isfinite(value) and torch.isclose(value, -p_t[0])
+
+
 def test_batch_augmentation_uses_one_crop_and_flip_for_all():
     augment = GeneratedImageAugment((0.0,) * 3, (1.0,) * 3, granularity="batch")
     x = torch.rand(1, 3, 32, 32).expand(6, -1, -1, -1)

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,15 @@ def test_eighty_twenty_split_uses_the_class_order(glyphs):
     assert set(train_idx).isdisjoint(held_idx)
     assert list(train_idx[:48]) == list(glyphs.indices_of(classes[0])[:48])
     assert set(train_y) == set(held_y) == set(range(5))
+
+
+@pytest.mark.parametrize("count, train", [(41, 32), (42, 33), (60, 48), (20, 16), (2, 1)])
+def test_split_takes_the_official_first_int_80_percent(count, train):
+    class Classes:  # a dataset whose one class holds `count` images
+        def indices_of(self, class_id):
+            return np.arange(count)
+    train_idx, _, held_idx, _ = split_train_heldout(Classes(), [0])
+    assert (len(train_idx), len(held_idx)) == (train, count - train)
 
 
 def test_select_best_keeps_the_best_epoch_and_final_the_last(glyphs):

@@ -36,7 +36,7 @@ def agreement_masked_kl(student_logits: torch.Tensor, teacher_logits: torch.Tens
     p_t = F.softmax(teacher_logits, dim=-1)
     if quirk:
         p_s = F.softmax(student_logits, dim=-1)
-        per_sample = (p_s * (torch.log(p_s) - p_t)).sum(-1)
+        per_sample = (torch.xlogy(p_s, p_s) - p_s * p_t).sum(-1)  # xlogy: 0 log 0 = 0, as kl_div
     else:
         per_sample = (p_t * (F.log_softmax(teacher_logits, -1) - F.log_softmax(student_logits, -1))).sum(-1)
     return (agree * per_sample).mean()

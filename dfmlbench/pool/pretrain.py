@@ -14,7 +14,7 @@ from torch import nn
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.models import build_model
 
-HELD_OUT_FRACTION = 0.2
+TRAIN_FRACTION = 0.8  # the official `data[:int(0.8 * n)]`: the first 80% train, the rest held out
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ def teacher_classes(train_classes: list[int], way: int, seed: int, index: int) -
 
 def split_train_heldout(dataset: ImageDataset, class_ids: list[int]
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The first 80% of each class's images (fixed order) train, the last 20% are held out.
+    """The first int(0.8 n) of each class's n images (fixed order) train, the rest are held out
+    (the official split: CUB's 41 images give 32/9).
     Labels are relative: position of the class in `class_ids`."""
     train_idx, train_y, held_idx, held_y = [], [], [], []
     for label, class_id in enumerate(class_ids):
         images = dataset.indices_of(class_id)
-        cut = len(images) - max(1, int(round(len(images) * HELD_OUT_FRACTION)))
+        cut = min(len(images) - 1, int(len(images) * TRAIN_FRACTION))  # at least one held out
         train_idx.append(images[:cut]); train_y.append(np.full(cut, label))
         held_idx.append(images[cut:]); held_y.append(np.full(len(images) - cut, label))
     return tuple(np.concatenate(a) for a in (train_idx, train_y, held_idx, held_y))  # type: ignore[return-value]
