@@ -100,7 +100,8 @@ class PoolNeed:
         s = self.spec
         if s.path:
             return f"{self.dataset}: brought-in pool {s.path} ({s.num_teachers} teachers)"
-        return f"{self.dataset}: {s.num_teachers} x {s.arch} {s.way}-way, {s.epochs} epochs, seed {s.seed}"
+        return (f"{self.dataset}: {s.num_teachers} x {s.arch} {s.way}-way, {s.epochs} epochs, seed {s.seed}, "
+                f"{s.select} epoch's weights")
 
     def state(self, data_root: str | None) -> str:
         """How many of its teachers the cache holds (needs the dataset on disk)."""
