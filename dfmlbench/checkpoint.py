@@ -75,6 +75,7 @@ class Checkpoints:
         ctx.curves.update({k: [tuple(p) for p in v] for k, v in context["curves"].items()})
         ctx.recovery_clock.seconds, ctx.recovery_clock.intervals = context["recovery"]
         ctx.validation_clock.seconds, ctx.validation_clock.intervals = context["validation"]
+        ctx.fit_seconds_before = float(context.get("fit_seconds", 0.0))  # absent in older checkpoints
         ctx.info.update(context["info"])
         ctx.info[f"resumed_from_{unit}"] = context["unit"]
         torch.set_rng_state(context["torch_rng"])
@@ -95,7 +96,8 @@ class Checkpoints:
         state = {"method": training.state(), "context": {
             "unit": unit, "curves": ctx.curves, "info": ctx.info, "torch_rng": torch.get_rng_state(),
             "recovery": [ctx.recovery_clock.seconds, ctx.recovery_clock.intervals],
-            "validation": [ctx.validation_clock.seconds, ctx.validation_clock.intervals]}}
+            "validation": [ctx.validation_clock.seconds, ctx.validation_clock.intervals],
+            "fit_seconds": ctx.fit_seconds()}}
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(self.path, buffer.getvalue())

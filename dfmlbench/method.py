@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from dfmlbench.timing import Stopwatch
 
 
 TEST_CURVE = "test_accuracy"  # the periodic test diagnostic's curve (protocol.max_over_test)
+RECOVERY_CURVE = "recovery_seconds"  # cumulative, at each validation point
+TRAIN_CURVE = "train_seconds"  # cumulative wall seconds of the fit less validation, at each validation point
 
 
 @dataclass
@@ -49,12 +52,15 @@ class RunContext:
     info: dict[str, Any] = field(default_factory=dict)  # method facts for the record
     extra_learners: dict[str, Learner] = field(default_factory=dict)
     checkpoints: Checkpoints = field(init=False)  # the resume-anywhere service (dfmlbench.checkpoint)
+    fit_seconds_before: float = field(init=False, default=0.0)  # a resumed fit's seconds before the resume
+    _started: float = field(init=False, default=0.0, repr=False)
     _bars: list[Any] = field(init=False, default_factory=list, repr=False)  # open progress bars
 
     def __post_init__(self) -> None:
         self.recovery_clock = Stopwatch(self.device)
         self.validation_clock = Stopwatch(self.device)
         self.checkpoints = Checkpoints(self)
+        self._started = time.perf_counter()
 
     def generator(self, purpose: str) -> torch.Generator:
         """A torch RNG seeded from the run seed and a purpose, so streams never interfere."""
@@ -93,6 +99,17 @@ class RunContext:
             raise RuntimeError("this run has no validation episodes")
         with self.validation_clock.measure():  # not meta-training time
             return self.validator(learner)
+
+    def fit_seconds(self) -> float:
+        """Wall seconds since the context was made (plus a resumed fit's earlier seconds)."""
+        return self.fit_seconds_before + time.perf_counter() - self._started
+
+    def log_costs(self, step: int) -> None:
+        """The cumulative cost so far, as curves at `step` (beside a validation point): recovery
+        seconds (the Time column's clock) and training seconds (wall, validation left out), so
+        accuracy can be read against either (the accuracy-vs-recovery figure)."""
+        self.log(RECOVERY_CURVE, self.recovery_clock.seconds, step)
+        self.log(TRAIN_CURVE, self.fit_seconds() - self.validation_clock.seconds, step)
 
     def observe_test(self, learner: Learner, step: int) -> None:
         """Where the official codes test periodically (protocol.max_over_test): a curve point

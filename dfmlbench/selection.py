@@ -29,6 +29,7 @@ class ModelSelection:
         """Validate the current meta-learner (curve point `val_accuracy` at `step`); keep it if best."""
         accuracy = self.ctx.validate(Learner(self.model))
         self.ctx.log("val_accuracy", accuracy, step)
+        self.ctx.log_costs(step)
         self.ctx.observe_test(Learner(self.model), step)
         if accuracy > self.best_val:
             self.best_val, self.best_state = accuracy, copy.deepcopy(self.model.state_dict())

@@ -389,6 +389,12 @@ def test_max_over_test_is_a_labelled_diagnostic_beside_the_selected_result(tmp_p
     assert "official-style" in diagnostic["label"] and "selects nothing" in diagnostic["label"]
     assert record["accuracy"]["mean"] != diagnostic["mean"] or len(tests) == 1  # the result is still the test once
     assert record["config"]["protocol"]["max_over_test"] is True
+    # the costs at each validation point, for the accuracy-vs-recovery figure
+    for name in ("recovery_seconds", "train_seconds"):
+        points = record["curves"][name]
+        assert [step for step, _ in points] == [step for step, _ in vals], name
+        assert all(0 <= a[1] <= b[1] for a, b in zip(points, points[1:])), name
+    assert points[-1][1] <= record["timings"]["meta_train_seconds"] + record["timings"]["recovery_seconds"] + 1.0
 
 
 def test_settings_added_later_keep_earlier_hashes_at_their_old_behaviour():

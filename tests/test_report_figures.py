@@ -13,8 +13,9 @@ from dfmlbench.analysis.teacher_features import teacher_features
 from dfmlbench.errors import UserError
 from dfmlbench.models import build_model
 from dfmlbench.pool.store import Teacher
-from dfmlbench.reporting.figures import (_aggregate, moving_average, plot_accuracy_vs_teachers,
+from dfmlbench.reporting.figures import (_aggregate, moving_average, plot_accuracy_vs_cost, plot_accuracy_vs_teachers,
                                          plot_curves, plot_task_grid, plot_teacher_tsne)
+from dfmlbench.reporting.report import RECOVERY_BUDGETS_SECONDS, _accuracy_at_budgets, _cost_curve
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -80,6 +81,28 @@ def test_accuracy_vs_teachers_draws_one_panel_per_shot(tmp_path):
     single = plot_accuracy_vs_teachers({1: pts}, tmp_path / "one.png")
     two_wide = imread(tmp_path / "a" / "b" / "fig.png").shape[1]
     assert two_wide > 1.5 * imread(single).shape[1]
+
+
+def test_accuracy_vs_cost_draws_every_run(tmp_path):
+    free = [[(10.0 * k, 25.0 * k, 40.0 + k) for k in range(1, 9)], [(9.0 * k, 24.0 * k, 41.0 + k) for k in range(1, 9)]]
+    purer = [[(60.0 * k, 70.0 * k, 38.0 + 2 * k) for k in range(1, 6)]]
+    _twice(tmp_path, lambda p: plot_accuracy_vs_cost({"FREE_5": free, "PURER": purer}, p, title="t"))
+    with pytest.raises(ValueError, match="empty run"):
+        plot_accuracy_vs_cost({"x": [[]]}, tmp_path / "e.png", title="t")
+
+
+def test_cost_curves_join_validation_points_by_step_and_budgets_take_the_last_within():
+    curves = {"val_accuracy": [[5, 40.0], [10, 45.0], [15, 47.0]],
+              "recovery_seconds": [[5, 50.0], [10, 130.0], [15, 200.0]],
+              "train_seconds": [[5, 90.0], [10, 200.0]]}  # step 15 logged no training time
+    run = _cost_curve(curves)
+    assert run == [(50.0, 90.0, 40.0), (130.0, 200.0, 45.0)]
+    assert RECOVERY_BUDGETS_SECONDS == (60, 180, 600)
+    # 60 s: the point at 50 s; 180 s: the one at 130 s, and the run ended there (*); a second
+    # run that first validates after 60 s leaves the 60 s budget without a value for all
+    late = [(70.0, 100.0, 30.0), (700.0, 900.0, 50.0)]
+    assert _accuracy_at_budgets([run]) == ["40.00", "45.00*", "45.00*"]
+    assert _accuracy_at_budgets([run, late]) == ["–", "37.50*", "37.50*"]
 
 
 def test_task_grid_is_relabelled_and_a_missing_grid_is_a_user_error(tmp_path):

@@ -170,6 +170,36 @@ def plot_curves(series: dict[str, list[list[tuple[float, float]]]], path: Path, 
     return _save(fig, path)
 
 
+CostCurve = list[tuple[float, float, float]]  # (recovery seconds, training seconds, val accuracy) per validation
+
+
+def plot_accuracy_vs_cost(series: dict[str, list[CostCurve]], path: Path, *, title: str) -> Path:
+    """Meta-val accuracy against cumulative recovery seconds (left) and training seconds
+    (right, wall less validation), one line per run, one colour per method: "faster and
+    better" as curves rather than one point per method. A method that recovers no data has
+    no left-panel line."""
+    if not series:
+        raise ValueError("no series to plot")
+    fig = _new_figure(11.0, 4.4)
+    left, right = fig.subplots(1, 2, sharey=True)
+    for (label, runs), colour in zip(series.items(), _palette(len(series))):
+        for index, run in enumerate(runs):
+            if not run:
+                raise ValueError(f"series '{label}' has an empty run")
+            recovery, train, accuracy = (np.array(column, dtype=np.float64) for column in zip(*run))
+            name = label if index == 0 else None
+            left.plot(recovery / 60.0, accuracy, color=colour, marker="o", markersize=3, linewidth=1.4, label=name)
+            right.plot(train / 60.0, accuracy, color=colour, marker="o", markersize=3, linewidth=1.4, label=name)
+    left.set_xlabel("cumulative data-recovery time (minutes)")
+    right.set_xlabel("cumulative training time, validation excluded (minutes)")
+    left.set_ylabel("meta-val accuracy (%)")
+    for ax in (left, right):
+        ax.grid(alpha=0.25)
+    left.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_accuracy_vs_teachers(series: dict[int, dict[str, list[tuple[int, float, float]]]],
                               path: Path, *, title: str = TEACHERS_TITLE, way: int = 5) -> Path:
     """Fig. 6: accuracy against pool size, one panel per shot, with 95% CI error bars.

@@ -5,7 +5,8 @@ The suite's `report` block says what to draw:
     report:
       table: table2                  # the paper table whose values sit beside each cell
       reference: {omniglot: cifar-fs}  # show a paper dataset's values beside another's cells
-      figures: [task_grid]           # tsne, grad_inner_product, accuracy_vs_teachers, task_grid
+      figures: [task_grid]           # tsne, grad_inner_product, accuracy_vs_teachers, task_grid,
+                                     # accuracy_vs_recovery
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dfmlbench.reporting.collect import Aggregate, Found, FoundAnalysis, aggrega
 from dfmlbench.reporting.paper import paper_table
 from dfmlbench.reporting.tables import Table, build_table, to_csv, to_latex, to_markdown
 
-FIGURE_KINDS = ("tsne", "grad_inner_product", "accuracy_vs_teachers", "task_grid")
+FIGURE_KINDS = ("tsne", "grad_inner_product", "accuracy_vs_teachers", "task_grid", "accuracy_vs_recovery")
+# The equal recovery budgets at which accuracy_vs_recovery tabulates meta-val accuracy.
+RECOVERY_BUDGETS_SECONDS = (60, 180, 600)
 SWEPT_POOL_SIZE = "pool.num_teachers"
 
 
@@ -162,6 +165,56 @@ def _task_grid(results: Results, analyses: list[FoundAnalysis], out_dir: Path) -
     return made
 
 
+def _cost_curve(curves: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """(recovery s, training s, val accuracy) at each validation step that logged its costs."""
+    from dfmlbench.method import RECOVERY_CURVE, TRAIN_CURVE
+    recovery, train = dict(curves.get(RECOVERY_CURVE) or []), dict(curves.get(TRAIN_CURVE) or [])
+    return [(float(recovery[step]), float(train[step]), float(value))
+            for step, value in curves.get("val_accuracy") or [] if step in recovery and step in train]
+
+
+def _accuracy_at_budgets(runs: list[list[tuple[float, float, float]]]) -> list[str]:
+    """Per budget: the mean over runs of the last meta-val accuracy measured within that much
+    recovery; a run that finished with less recovery gives its last value, marked *."""
+    cells = []
+    for budget in RECOVERY_BUDGETS_SECONDS:
+        values, finished_early = [], False
+        for run in runs:
+            within = [accuracy for recovery, _, accuracy in run if recovery <= budget]
+            if within:
+                values.append(within[-1])
+                finished_early |= run[-1][0] < budget
+        cells.append("–" if len(values) < len(runs) else f"{sum(values) / len(values):.2f}{'*' if finished_early else ''}")
+    return cells
+
+
+def _accuracy_vs_recovery(results: Results, analyses: list[FoundAnalysis], out_dir: Path) -> list[tuple[Path, str]]:
+    from dfmlbench.reporting.figures import plot_accuracy_vs_cost
+    made = []
+    for dataset, shot in dict.fromkeys((r.dataset, r.shot) for r in results.values()):
+        series: dict[str, list[list[tuple[float, float, float]]]] = {}
+        for r in results.values():
+            runs = [run for run in (_cost_curve(c) for c in r.curves) if run]
+            if r.dataset == dataset and r.shot == shot and runs:
+                series[r.label] = runs
+        if not series:
+            continue
+        path = out_dir / f"accuracy-vs-recovery-{dataset}-{shot}shot.png"
+        plot_accuracy_vs_cost(series, path, title=f"Meta-val accuracy against cost ({dataset}, 5-way {shot}-shot)")
+        minutes = [f"{b // 60} min" for b in RECOVERY_BUDGETS_SECONDS]
+        rows = [f"| {label} | {' | '.join(_accuracy_at_budgets(runs))} | {max(run[-1][0] for run in runs) / 60:.1f} |"
+                for label, runs in series.items()]
+        table = "\n".join([f"| method | {' | '.join(f'val acc. at {m} of recovery' for m in minutes)} | "
+                           "recovery at the end (min) |", "|---|" + "---|" * (len(minutes) + 1), *rows])
+        made.append((path, f"Meta-val accuracy at each validation point against the cumulative data-recovery "
+                           f"time and the training time (validation excluded) of the same run ({dataset}, "
+                           f"5-way {shot}-shot), on the device this report names.\n\n{table}\n\n"
+                           "Each value is the last meta-val accuracy measured within that much recovery (mean "
+                           "over seeds); * marks a run that ended with less recovery than the budget (its "
+                           "last value); – a budget before the first validation."))
+    return made
+
+
 def _per_class(image: Path, way: int) -> int:
     """Columns of a save_image grid (padding 1) from its size: rows are the `way` classes."""
     from PIL import Image
@@ -174,6 +227,7 @@ def _per_class(image: Path, way: int) -> int:
 FIGURE_BUILDERS: dict[str, Callable[[Results, list[FoundAnalysis], Path], list[tuple[Path, str]]]] = {
     "tsne": _tsne, "grad_inner_product": _grad_inner_product,
     "accuracy_vs_teachers": _accuracy_vs_teachers, "task_grid": _task_grid,
+    "accuracy_vs_recovery": _accuracy_vs_recovery,
 }
 
 
