@@ -161,7 +161,7 @@ def _progress_factory(hidden: bool) -> Any:
 def _cmd_run(args: argparse.Namespace) -> int:
     from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
     from dfmlbench.planning import parse_shard, shard
-    from dfmlbench.runner import run_cells, summary_table
+    from dfmlbench.runner import budget_notice, run_cells, summary_table
 
     suite, config, cells = _resolved_cells(args)
     analyses = [] if args.method else expand_analysis_cells(config)
@@ -181,6 +181,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{cell.label}: {status}")
     if outcomes:
         print(summary_table(outcomes))
+        notice = budget_notice([o.cell for o in outcomes])
+        if notice:
+            print(notice)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "recorded", "running")}
     failed = [o for o in outcomes if o.status == "failed"]
     elsewhere = f"{counts['running']} running elsewhere, " if counts["running"] else ""

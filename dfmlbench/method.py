@@ -195,6 +195,14 @@ class Method:
         for key, rule in method_rules(self.defaults, self.choices, self.rules).items():
             self.settings[key] = rule.apply(f"method_settings.{self.name}.{key}", self.settings[key])
 
+    def paper_share(self) -> float | None:
+        """The share of the paper's budget these settings run: the training length (the first
+        key of `paper_budget`) over the paper's; None for a method that trains nothing."""
+        if not self.paper_budget:
+            return None
+        key, paper = next(iter(self.paper_budget.items()))
+        return float(self.settings.get(key, paper)) / paper
+
     def pool_settings(self) -> dict[str, Any]:
         """pool.* settings this method's cells use in place of the suite's (free-official's teachers
         selected as the official code selects them); {} for most methods."""

@@ -241,6 +241,28 @@ def recovery_seconds(record: dict[str, Any] | None) -> float | None:
     return ((record or {}).get("timings") or {}).get("recovery_seconds")
 
 
+# docs/profiles.md, rule 3: the paper suites' cpu profiles run every method at this share of
+# its paper budget (FREE 40 of 980 epochs); below it a table measures the cut, not the method.
+WORKING_BUDGET_SHARE = 0.041
+
+
+def budget_notice(cells: list[Cell]) -> str | None:
+    """One line for a run whose training methods ran below the working budget (the quickstart),
+    said next to its table so the table does not speak for the methods."""
+    short = {}
+    for cell in cells:
+        share = cell.method.paper_share()
+        if share is not None and share < WORKING_BUDGET_SHARE:
+            short.setdefault(cell.method.name, share)
+    if not short:
+        return None
+    ran = ", ".join(f"{label} {share:.1%}" for label, share in short.items())
+    return (f"note: these cells ran a small share of their paper budgets ({ran}); the paper suites' cpu "
+            f"profiles run {WORKING_BUDGET_SHARE:.1%} (docs/profiles.md), and below that an accuracy measures "
+            "the cut, not the method. For working budgets: python -m dfmlbench run --suite table2 "
+            "--profile cpu (about 3.5 h on 2 cores).")
+
+
 def summary_table(outcomes: list[Outcome], reference: str = "free") -> str:
     """A Markdown table of the cells: accuracy ± CI, the timings that matter, and each
     recovery time as a multiple of `reference`'s in the same dataset/shot/seed, when it ran."""

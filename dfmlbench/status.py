@@ -66,16 +66,6 @@ def measured_seconds(out_dir: Path) -> dict[str, list[float]]:
     return found
 
 
-def paper_share(cell: Cell) -> float | None:
-    """The share of the paper's budget this cell runs: its training length (the first key of
-    the method's `paper_budget`) over the paper's."""
-    budget = type(cell.method).paper_budget
-    if not budget:
-        return None
-    key, paper = next(iter(budget.items()))
-    return float(cell.method.settings.get(key, paper)) / paper
-
-
 def estimate(cell: Cell, measured: dict[str, list[float]]) -> Estimate:
     runs = measured.get(settings_key(cell.config))
     if runs:
@@ -84,7 +74,7 @@ def estimate(cell: Cell, measured: dict[str, list[float]]) -> Estimate:
     hours = table.hours(cell.method.name, cell.dataset)
     if hours is None:
         hours = table.hours(type(cell.method).name, cell.dataset)  # a variant: its base method's
-    share = paper_share(cell)
+    share = cell.method.paper_share()
     if hours is None or share is None:
         return Estimate(None, "none")
     return Estimate(hours * share * 3600, "paper Time x budget share")

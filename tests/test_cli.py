@@ -124,6 +124,10 @@ def test_run_writes_records(smoke_run):
     assert float(row.group(1)) == pytest.approx(accuracy["mean"], abs=0.005)
 
 
+def test_methods_that_train_nothing_need_no_budget_notice(smoke_run):
+    assert "note: " not in smoke_run[1].out  # Random and Average have no paper budget to fall short of
+
+
 def test_run_records_the_teacher_pool(smoke_run):
     out, _ = smoke_run
     record = json.loads(the_record(out, "average").read_text())
@@ -381,6 +385,9 @@ def test_max_over_test_is_a_labelled_diagnostic_beside_the_selected_result(tmp_p
     out = tmp_path / "runs"
     result = call("run", *SMOKE, "--method", "free", "--set", "protocol.max_over_test=true", "--out", out)
     assert result.code == 0, result.err
+    # below the working budget, the run says so under its table (docs/profiles.md)
+    (notice,) = [line for line in result.out.splitlines() if line.startswith("note: ")]
+    assert "(free 0.2%)" in notice and "docs/profiles.md" in notice
     record = json.loads(the_record(out, "free").read_text())
     tests, vals = record["curves"]["test_accuracy"], record["curves"]["val_accuracy"]
     assert [step for step, _ in tests] == [step for step, _ in vals]  # at every selection point
