@@ -30,7 +30,7 @@ def test_every_profile_expands(name):
 def test_paper_profiles_are_the_paper_setting():
     table2 = resolve(load_suite("table2"), "paper", [])
     assert table2["datasets"] == ["cifar-fs", "miniimagenet", "cub"] and table2["shots"] == [1, 5]
-    assert len(expand_cells(table2)) == 9 * 3 * 2 and table2["pool"]["num_teachers"] == 100
+    assert len(expand_cells(table2)) == 10 * 3 * 2 and table2["pool"]["num_teachers"] == 100  # nine + free-official
     assert resolve(load_suite("table4"), "paper", [])["pool"]["arch"] == "mix"
     assert {c.method.name for c in expand_cells(resolve(load_suite("table5"), "paper", []))} == {
         "free-baseline", "free-erm", "free-sequence", "free"}
