@@ -60,12 +60,15 @@ class MetaTest:
 
     def validate(self, learner: Learner) -> float:
         """Mean meta-val accuracy under the fixed protocol (a method's model selection)."""
-        return float(self.val_episodes.evaluate(learner, self.adapt, self.device, self.chunk).mean())
+        return self._mean(self.val_episodes, learner)
 
     def test_mean(self, learner: Learner) -> float:
         """Mean meta-test accuracy under the fixed protocol: the official codes' periodic test
         evaluation (protocol.max_over_test), a diagnostic that selects nothing."""
-        return float(self.test_episodes.evaluate(learner, self.adapt, self.device, self.chunk).mean())
+        return self._mean(self.test_episodes, learner)
+
+    def _mean(self, episodes: BenchmarkEpisodes, learner: Learner) -> float:
+        return float(episodes.evaluate(learner, self.adapt, self.device, self.chunk).mean())
 
     def protocol_for(self, learner: Learner) -> tuple[AdaptProtocol, dict[str, float] | None]:
         """The fixed protocol, or the grid lr that is best on the meta-val episodes."""
