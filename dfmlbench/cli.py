@@ -1,4 +1,4 @@
-"""`python -m dfmlbench run|plan|evaluate|report|results|list|compare|data`. Bad input: one line on stderr, exit code 2."""
+"""`python -m dfmlbench run|plan|pool|evaluate|report|results|list|compare|data`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "their estimated cost; runs nothing")
     _add_cell_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    pool = sub.add_parser("pool", help="the teacher pools a suite uses: their regime (how far the teachers "
+                                       "trained from their inits, how alike they are)")
+    pool_sub = pool.add_subparsers(dest="pool_command", metavar="{show}", required=True, parser_class=_Parser)
+    show = pool_sub.add_parser("show", help="per pool: weight norm over init norm per layer, pairwise cosine "
+                                            "between teachers, optimiser steps; builds nothing")
+    _add_cell_arguments(show)
 
     evaluate = sub.add_parser("evaluate", help="re-test the learners a run saved under another meta-test "
                                                "protocol (--set protocol.*), without refitting")
@@ -124,6 +131,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(f"suite {suite.name} (profile {config['profile']}), records under {args.out}:")
         print(plan_table(planned, data_root))
+    return 0
+
+
+def _cmd_pool(args: argparse.Namespace) -> int:
+    from dfmlbench.pool import PoolSpec
+    from dfmlbench.pool.show import pool_lines
+    from dfmlbench.status import PoolNeed
+
+    suite, config, cells = _resolved_cells(args)
+    needs = list(dict.fromkeys(PoolNeed(c.dataset, PoolSpec.from_config(c.config["pool"]))
+                               for c in cells if c.method.uses_teachers))
+    if not needs:
+        print(f"suite {suite.name} (profile {config['profile']}): no method of these cells uses teachers")
+    for need in needs:
+        print(f"pool {need.label}")
+        print("\n".join(pool_lines(need.dataset, need.spec, config["runtime"]["data_root"])), end="\n\n")
     return 0
 
 
@@ -335,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _cmd_report(args, argv)
         handler = {"run": _cmd_run, "plan": _cmd_plan, "evaluate": _cmd_evaluate, "results": _cmd_results, "list": _cmd_list, "compare": _cmd_compare,
+                   "pool": _cmd_pool,
                    "data": _cmd_data}[args.command]
         return handler(args)
     except UserError as exc:

@@ -92,7 +92,8 @@ class CellRunner:
                          "architectures": pool.architectures,
                          "mean_heldout_acc": sum(t.heldout_acc for t in pool) / len(pool),
                          # what the teachers were trained on, when it differs from this run
-                         "training_note": pool.metadata.get("training_note")}
+                         "training_note": pool.metadata.get("training_note"),
+                         "regime": pool.metadata.get("regime")}  # how far the teachers trained
 
         meta_test = MetaTest(dataset, protocol, cell.shot, device, int(runtime["eval_chunk"]))
         ctx = RunContext(device, cell.seed, cell.method.settings, config["learner"]["arch"],

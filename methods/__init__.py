@@ -20,7 +20,7 @@ from dfmlbench.errors import UserError
 from dfmlbench.method import Method
 from dfmlbench.registry import Registry
 
-BUILTIN_MODULES = ("random_init", "best_model", "average", "ota", "dro", "free", "purer", "bidf_mkd")
+BUILTIN_MODULES = ("random_init", "best_model", "average", "random_scaled", "ota", "dro", "free", "purer", "bidf_mkd")
 ENTRY_POINT_GROUP = "dfmlbench.methods"
 M = TypeVar("M", bound=type[Method])
 

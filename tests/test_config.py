@@ -498,12 +498,13 @@ def test_method_override_no_method_has_the_setting(quickstart):
 
 
 def inversion_cells(profile: str, assignments=()) -> dict[str, object]:
+    """The inversion suite's cells (the paper profile sets no method settings of its own)."""
     config = resolve(load_suite("inversion"), profile, [parse_assignment(a) for a in assignments])
     return {c.method.name: c for c in expand_cells(config)}
 
 
 def test_budget_fraction_scales_every_methods_paper_budget_by_the_same_fraction():
-    cells = inversion_cells("cpu", ["budget_fraction=0.1"])
+    cells = inversion_cells("paper", ["budget_fraction=0.1"])
     free, purer, bidf = (cells[m].method.settings for m in ("free", "purer", "bidf-mkd"))
     assert (free["epochs"], free["warmup_epochs"]) == (98, 2)
     assert (purer["iterations"], purer["adv_start"]) == (1500, 400)
@@ -514,7 +515,7 @@ def test_budget_fraction_scales_every_methods_paper_budget_by_the_same_fraction(
 
 
 def test_explicit_settings_win_over_the_scaled_budget():
-    cells = inversion_cells("cpu", ["budget_fraction=0.1", "method_settings.purer.iterations=7",
+    cells = inversion_cells("paper", ["budget_fraction=0.1", "method_settings.purer.iterations=7",
                                     "method.warmup_epochs=5"])
     assert cells["purer"].method.settings["iterations"] == 7
     assert cells["purer"].method.settings["adv_start"] == 400
@@ -522,16 +523,16 @@ def test_explicit_settings_win_over_the_scaled_budget():
 
 
 def test_budget_fraction_changes_the_hash_and_rounds_up_to_one():
-    a, b = inversion_cells("cpu", ["budget_fraction=0.1"]), inversion_cells("cpu", ["budget_fraction=0.2"])
+    a, b = inversion_cells("paper", ["budget_fraction=0.1"]), inversion_cells("paper", ["budget_fraction=0.2"])
     assert a["free"].hash != b["free"].hash
-    tiny = inversion_cells("cpu", ["budget_fraction=0.00001"])["free"].method.settings
+    tiny = inversion_cells("paper", ["budget_fraction=0.00001"])["free"].method.settings
     assert (tiny["epochs"], tiny["warmup_epochs"]) == (1, 1)
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "half", "true"])
 def test_budget_fraction_must_be_a_fraction(value):
     with pytest.raises(UserError, match=r"budget_fraction must be null or a number in \(0, 1\]"):
-        inversion_cells("cpu", [f"budget_fraction={value}"])
+        inversion_cells("paper", [f"budget_fraction={value}"])
 
 
 def test_budget_fraction_refuses_a_method_that_declares_no_paper_budget():

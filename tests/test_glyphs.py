@@ -74,3 +74,24 @@ def test_within_class_variation_and_separation():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         render_glyphs(**kwargs)
+
+
+def _within_class_spread(images: np.ndarray, per_class: int) -> float:
+    """Mean pixel distance of each image to its class mean."""
+    x = images.astype(np.float64).reshape(-1, per_class, images[0].size)
+    return float(np.abs(x - x.mean(axis=1, keepdims=True)).mean())
+
+
+def test_difficulty_one_is_the_built_in_glyphs_and_more_spreads_each_class():
+    base, _, _ = render_glyphs(seed=2, num_classes=3, images_per_class=12)
+    np.testing.assert_array_equal(base, render_glyphs(seed=2, num_classes=3, images_per_class=12, difficulty=1.0)[0])
+    harder, _, _ = render_glyphs(seed=2, num_classes=3, images_per_class=12, difficulty=2.0)
+    easier, _, _ = render_glyphs(seed=2, num_classes=3, images_per_class=12, difficulty=0.5)
+    spreads = [_within_class_spread(x, 12) for x in (easier, base, harder)]
+    assert spreads[0] < spreads[1] < spreads[2]
+
+
+@pytest.mark.parametrize("difficulty", [0, -1, 11, "hard"])
+def test_difficulty_must_be_a_positive_number(difficulty):
+    with pytest.raises(ValueError, match="difficulty must be a number"):
+        render_glyphs(num_classes=1, images_per_class=1, difficulty=difficulty)

@@ -32,14 +32,14 @@ def records(folder: Path) -> dict[str, dict]:
 def test_plan_prints_every_paper_cell_of_table2_with_a_total_cost(tmp_path):
     result = call("plan", "--suite", "table2", "--profile", "paper", "--out", tmp_path)
     assert result.code == 0, result.err
-    assert "60 cell(s): 0 done, 0 running, 0 failed, 60 pending." in result.out
-    assert "Estimated cost of the 60 not done:" in result.out and " h plus " in result.out
+    assert "66 cell(s): 0 done, 0 running, 0 failed, 66 pending." in result.out
+    assert "Estimated cost of the 66 not done:" in result.out and " h plus " in result.out
     # FREE_5 on miniImageNet at the full budget costs the paper's 0.41 h of recovery
     assert "| free miniimagenet 5w1s seed 0 | pending |" in result.out
     assert "0.41 h | paper Time x budget share |" in result.out
     listed = json.loads(call("plan", "--suite", "table2", "--profile", "paper", "--out", tmp_path, "--json").out)
-    assert len(listed) == 60 and {c["status"] for c in listed} == {"pending"}
-    assert len({c["config_hash"] for c in listed}) == 60
+    assert len(listed) == 66 and {c["status"] for c in listed} == {"pending"}
+    assert len({c["config_hash"] for c in listed}) == 66
 
 
 def test_plan_on_a_half_run_folder_shows_what_is_done_and_what_it_cost(tmp_path, glyphs):
@@ -68,7 +68,7 @@ def test_shards_partition_the_cells_and_keep_them_however_far_others_ran(tmp_pat
     cells = expand_cells(resolve(load_suite("table2"), "paper", []))
     shards = [shard(cells, tmp_path, i, 4) for i in (1, 2, 3, 4)]
     hashes = [c.hash for part in shards for c in part]
-    assert sorted(hashes) == sorted({c.hash for c in cells}) and len(hashes) == 60
+    assert sorted(hashes) == sorted({c.hash for c in cells}) and len(hashes) == 66
     assert_one_line_error(call("run", *SMOKE, "--shard", "0/2", "--out", tmp_path), "--shard '0/2'", "i/N")
     assert_one_line_error(call("run", *SMOKE, "--shard", "1/2", "--launcher", "local", "--out", tmp_path),
                           "--shard and --launcher")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import pytest
+
+import dfmlbench
 
 from dfmlbench.analysis.cells import expand_analysis_cells
 from dfmlbench.cli import main
@@ -30,7 +33,7 @@ def test_every_profile_expands(name):
 def test_paper_profiles_are_the_paper_setting():
     table2 = resolve(load_suite("table2"), "paper", [])
     assert table2["datasets"] == ["cifar-fs", "miniimagenet", "cub"] and table2["shots"] == [1, 5]
-    assert len(expand_cells(table2)) == 10 * 3 * 2 and table2["pool"]["num_teachers"] == 100  # nine + free-official
+    assert len(expand_cells(table2)) == 11 * 3 * 2 and table2["pool"]["num_teachers"] == 100  # nine + free-official + random-scaled
     assert resolve(load_suite("table4"), "paper", [])["pool"]["arch"] == "mix"
     assert {c.method.name for c in expand_cells(resolve(load_suite("table5"), "paper", []))} == {
         "free-baseline", "free-erm", "free-sequence", "free"}
@@ -46,3 +49,20 @@ def test_without_the_data_a_paper_run_stops_at_once(name, tmp_path):
     assert code == 2 and err.getvalue().count("\n") == 1
     assert "dataset 'cifar-fs' not found" in err.getvalue() and "data download cifar-fs" in err.getvalue()
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+LENGTH_SETTINGS = {"val_interval", "checkpoint_interval"}  # besides each method's paper_budget keys
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(dfmlbench.__file__).parent / "suites").glob("*.yaml")))
+def test_no_cpu_profile_changes_a_per_step_setting(name):
+    """docs/profiles.md, rule 1: a cpu profile scales a method's length (its paper_budget keys,
+    the validation interval), never its per-step settings."""
+    from dfmlbench.methods import METHODS
+
+    suite = load_suite(name)
+    if "cpu" not in suite.profiles:
+        pytest.skip(f"{name} has no cpu profile")
+    for method, settings in resolve(suite, "cpu", [])["method_settings"].items():
+        allowed = set(METHODS.get(method).load().paper_budget) | LENGTH_SETTINGS
+        assert set(settings) <= allowed, f"{name} cpu sets {sorted(set(settings) - allowed)} of {method}"

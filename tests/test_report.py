@@ -157,6 +157,42 @@ def test_unknown_figure_kind_is_a_one_line_error(tmp_path):
     assert code == 2 and "did you mean 'tsne'" in err
 
 
+PAIRED_SUITE = SUITE.replace("reference: {glyphs: cifar-fs}",
+                             "reference: {glyphs: cifar-fs}\n  comparisons: [[free, random], [average, free], "
+                             "[free, purer]]")
+
+
+def test_named_pairs_get_paired_tests_in_paired_md_and_the_readme(tmp_path):
+    suite, runs, out = write_suite(tmp_path, PAIRED_SUITE), tmp_path / "runs", tmp_path / "report"
+    acc = fake_records(suite, runs)
+    assert call("report", "--suite", suite, "--runs", runs, "--out", out)[0] == 0
+    rows = (out / "paired.md").read_text().splitlines()[2:]
+    assert len(rows) == 2  # purer is not run by this profile: its pair has no row
+    free, random, average = ((acc[(m, 0)] + acc[(m, 1)]) / 2 for m in ("free", "random", "average"))
+    for row, (a, b) in zip(rows, ((free, random), (average, free))):
+        test = paired_test(a, b)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == "glyphs 5-way 1-shot" and cells[8] == "50"
+        assert cells[3] == f"{a.mean():.2f}" and cells[4] == f"{b.mean():.2f}"
+        assert cells[5] == f"{a.mean() - b.mean():+.2f} ± {1.96 * (a - b).std(ddof=1) / np.sqrt(50):.2f}"
+        assert cells[6] == f"{test.p_value:.2g}" and cells[7] == f"{test.wilcoxon_p:.2g}"
+    assert rows[0].split("|")[1].strip() == "FREE_5 (free)" and rows[0].endswith("| first above |")
+    second = paired_test(average, free)
+    assert rows[1].endswith("| first below |" if second.p_value < 0.05 else "| no significant difference |")
+    assert "## Paired comparisons" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ("[[free, purr]]", "did you mean 'purer'"),
+    ("[[free]]", "each entry must be a pair of method names"),
+])
+def test_a_bad_comparison_is_a_one_line_error(tmp_path, pairs, message):
+    suite = write_suite(tmp_path, PAIRED_SUITE.replace("[[free, random], [average, free], [free, purer]]", pairs))
+    fake_records(suite, tmp_path / "runs")
+    code, _, err = call("report", "--suite", suite, "--runs", tmp_path / "runs", "--out", tmp_path / "r")
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
 def test_sweep_expands_cells_and_the_figure_plots_each_pool_size(tmp_path):
     text = (SUITE.replace("methods: [random, average, free]", "methods: [random, free]")
             .replace("seeds: [0, 1]", "seeds: [0]\nsweep: {pool.num_teachers: [2, 3]}")

@@ -63,11 +63,12 @@ def _class_spec(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return ctrl, colours, width
 
 
-def _affine_matrices(rng: np.random.Generator, m: int) -> np.ndarray:
+def _affine_matrices(rng: np.random.Generator, m: int, difficulty: float) -> np.ndarray:
     """(m, 2, 2) matrices rotation @ shear @ scale."""
-    angles = rng.uniform(-_MAX_ROT_DEG, _MAX_ROT_DEG, size=m) * (math.pi / 180.0)
-    scales = rng.uniform(*_SCALE_RANGE, size=m)
-    shears = rng.uniform(-_MAX_SHEAR, _MAX_SHEAR, size=m)
+    rotation, shear_max = _MAX_ROT_DEG * difficulty, _MAX_SHEAR * difficulty
+    angles = rng.uniform(-rotation, rotation, size=m) * (math.pi / 180.0)
+    scales = rng.uniform(*_scale_range(difficulty), size=m)
+    shears = rng.uniform(-shear_max, shear_max, size=m)
     # Python's math (correctly rounded in practice) rather than numpy's SIMD trig, for
     # bit-identical output across machines.
     cos = np.array([math.cos(a) for a in angles])
@@ -103,17 +104,25 @@ def _coverage(points: np.ndarray, widths: np.ndarray, size: int) -> np.ndarray:
     return np.clip(widths[:, None, None].astype(np.float32) / 2 - dist + 0.5, 0.0, 1.0)
 
 
-def _render_class(seed: int, c: int, m: int, size: int) -> np.ndarray:
-    """Render m instances of class c as float images in [0, 1], shape (m, size, size, 3)."""
+def _scale_range(difficulty: float) -> tuple[float, float]:
+    """The glyph scale range, widened about 1 with the difficulty (never below 0.4x)."""
+    low, high = _SCALE_RANGE
+    return max(0.4, 1 - (1 - low) * difficulty), 1 + (high - 1) * difficulty
+
+
+def _render_class(seed: int, c: int, m: int, size: int, difficulty: float = 1.0) -> np.ndarray:
+    """Render m instances of class c as float images in [0, 1], shape (m, size, size, 3).
+    `difficulty` multiplies every per-instance variation (1: the built-in glyphs)."""
     rng = np.random.default_rng([seed, c])
     ctrl, colours, base_width = _class_spec(rng, size)
     px = size / 32.0
     centre = size / 2.0
 
     # Whole-glyph affine jitter about the image centre, plus per-point jitter.
-    mats = _affine_matrices(rng, m)
-    shift = rng.uniform(-_MAX_SHIFT_PX, _MAX_SHIFT_PX, size=(m, 1, 2)) * px
-    widths = base_width * rng.uniform(1 - _WIDTH_JITTER, 1 + _WIDTH_JITTER, size=(m, len(ctrl)))
+    mats = _affine_matrices(rng, m, difficulty)
+    max_shift, width_jitter = _MAX_SHIFT_PX * difficulty, min(0.9, _WIDTH_JITTER * difficulty)
+    shift = rng.uniform(-max_shift, max_shift, size=(m, 1, 2)) * px
+    widths = base_width * rng.uniform(1 - width_jitter, 1 + width_jitter, size=(m, len(ctrl)))
     widths *= np.sqrt(np.abs(np.linalg.det(mats)))[:, None]  # strokes scale with the glyph
 
     # Dim background: grey level plus a small colour tint, per instance.
@@ -124,16 +133,17 @@ def _render_class(seed: int, c: int, m: int, size: int) -> np.ndarray:
     # Clutter: a distractor stroke, not part of the class, in some instances.
     distractor = rng.uniform(0.1 * size, 0.9 * size, size=(m, 4, 2))
     distractor_colour = rng.uniform(0.3, 1.0, size=(m, 3)).astype(np.float32)
-    has_distractor = rng.uniform(size=m) < _DISTRACTOR_PROBABILITY
+    has_distractor = rng.uniform(size=m) < min(1.0, _DISTRACTOR_PROBABILITY * difficulty)
     n = max(8, int(math.ceil(1.5 * np.linalg.norm(np.diff(_bezier(distractor, 17), axis=1), axis=-1)
                               .sum(axis=1).max())) + 1)
     alpha = _coverage(_bezier(distractor, n), np.full(m, base_width * 0.8), size)[..., None]
     alpha *= has_distractor[:, None, None, None]
     img = img * (1.0 - alpha) + distractor_colour[:, None, None, :] * alpha
 
+    colour_jitter, point_jitter = _COLOUR_JITTER * difficulty, _POINT_JITTER_PX * difficulty
     for k in range(len(ctrl)):
-        colour = np.clip(colours[k] + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, size=(m, 3)), 0, 1)
-        pts = ctrl[k][None] + rng.uniform(-_POINT_JITTER_PX, _POINT_JITTER_PX, size=(m, 4, 2)) * px
+        colour = np.clip(colours[k] + rng.uniform(-colour_jitter, colour_jitter, size=(m, 3)), 0, 1)
+        pts = ctrl[k][None] + rng.uniform(-point_jitter, point_jitter, size=(m, 4, 2)) * px
         pts = np.einsum("mij,mkj->mki", mats, pts - centre) + centre + shift
         # Sample spacing <= ~0.7 px along the longest instance (length from a coarse pass).
         length = np.linalg.norm(np.diff(_bezier(pts, 17), axis=1), axis=-1).sum(axis=1).max()
@@ -141,22 +151,26 @@ def _render_class(seed: int, c: int, m: int, size: int) -> np.ndarray:
         alpha = _coverage(_bezier(pts, n), widths[:, k], size)[..., None]
         img = img * (1.0 - alpha) + colour.astype(np.float32)[:, None, None, :] * alpha
 
-    img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(_NOISE_SIGMA)
+    img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(_NOISE_SIGMA * difficulty)
     return img
 
 
 def render_glyphs(seed: int = 0, num_classes: int = 100, images_per_class: int = 60,
-                  image_size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                  image_size: int = 32, difficulty: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return (images uint8 (N, H, W, 3), labels int64 (N,), class_names) with N = num_classes*images_per_class,
-    images sorted by class (class 0's images first)."""
+    images sorted by class (class 0's images first). `difficulty` scales every per-instance
+    variation (rotation, scale, shift, shear, point / width / colour jitter, distractor
+    probability, pixel noise); 1 is the built-in glyphs, bit for bit."""
     seed = _check_int("seed", seed, 0)
     num_classes = _check_int("num_classes", num_classes, 1)
     images_per_class = _check_int("images_per_class", images_per_class, 1)
     image_size = _check_int("image_size", image_size, 16)
+    if not (isinstance(difficulty, (int, float)) and 0 < difficulty <= 10):
+        raise ValueError(f"difficulty must be a number in (0, 10], got {difficulty!r}")
 
     images = np.empty((num_classes * images_per_class, image_size, image_size, 3), dtype=np.uint8)
     for c in range(num_classes):
-        img = _render_class(seed, c, images_per_class, image_size)
+        img = _render_class(seed, c, images_per_class, image_size, difficulty)
         images[c * images_per_class : (c + 1) * images_per_class] = np.rint(np.clip(img, 0.0, 1.0) * 255.0)
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
     class_names = [f"glyph-{c:03d}" for c in range(num_classes)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 
 from dfmlbench import __version__
 from dfmlbench.data.base import ImageDataset
@@ -23,7 +24,9 @@ from dfmlbench.data.multidomain import DomainTeacher, MultiDomainDataset
 from dfmlbench.errors import UserError, note
 from dfmlbench.locks import exclusive
 from dfmlbench.models import ARCHITECTURES
-from dfmlbench.pool.pretrain import PretrainSettings, derive_seed, pretrain_teacher, teacher_classes
+from dfmlbench.pool.pretrain import (PretrainSettings, derive_seed, pretrain_teacher, split_train_heldout,
+                                     teacher_classes)
+from dfmlbench.pool.regime import REGIME_FIELD, initial_state, steps_taken, teacher_regime
 from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, TeacherPool, pool_error,
                                   check_teacher_file, load_pool, manifest_key, pools_root, read_manifest,
                                   run_facts, select_teachers, write_manifest, write_teacher)
@@ -115,16 +118,35 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
         trained = pretrain_teacher(dataset, classes, arch, spec.settings(),
                                    derive_seed("teacher", spec.seed, index), device)
         file_name, sha = write_teacher(folder, index, trained.state)
+        initial = initial_state(arch, spec.way, dataset.image_size, dataset.channels, spec.seed, index)
         manifest["teachers"].append({
             "file": file_name, "arch": arch, "class_ids": classes,
             "class_names": [dataset.class_names[c] for c in classes],
             "heldout_acc": trained.heldout_acc, "best_epoch": trained.best_epoch,
             "train_seconds": round(time.perf_counter() - started, 3), "sha256": sha,
-            "trained_on": trained_on,
+            "trained_on": trained_on, REGIME_FIELD: teacher_regime(trained.state, initial, trained.steps),
         })
         write_manifest(folder, manifest)
         if on_teacher is not None:
             on_teacher(index + 1, spec.num_teachers)
+
+
+def backfill_regime(dataset: ImageDataset, spec: PoolSpec, folder: Path) -> None:
+    """Add the regime indicators to the teachers of a cached pool built before they existed
+    (the inits are re-derived from the pool seed, the steps from the split and the best epoch);
+    the manifest is rewritten atomically, once."""
+    manifest = read_manifest(folder, dataset)
+    missing = [(i, e) for i, e in enumerate(manifest["teachers"]) if REGIME_FIELD not in e]
+    if not missing:
+        return
+    for index, entry in missing:
+        final = load_file(str(folder / entry["file"]))
+        initial = initial_state(entry["arch"], len(entry["class_ids"]), dataset.image_size, dataset.channels,
+                                spec.seed, index)
+        train_images = len(split_train_heldout(dataset, entry["class_ids"])[0])
+        steps = steps_taken(train_images, spec.batch_size, spec.epochs, entry.get("best_epoch"), spec.select)
+        entry[REGIME_FIELD] = teacher_regime(final, initial, steps)
+    write_manifest(folder, manifest)
 
 
 def _check_cached_key(folder: Path, manifest: dict[str, Any], key: str) -> None:
@@ -144,7 +166,7 @@ def check_pool_source(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec
     header). A cached pool: the same, on what the cache already holds (nothing when it is not
     built yet). A multi-domain dataset: each domain's pool."""
     if isinstance(dataset, MultiDomainDataset):
-        for d, count in enumerate(_domain_counts(dataset, spec)):
+        for d, count in enumerate(domain_pool_counts(dataset, spec)):
             if count:
                 check_pool_source(dataset.domains[d].source, replace(spec, num_teachers=count))
         return
@@ -167,7 +189,7 @@ def planned_pool_key(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec)
     """The key `obtain_pool(dataset, spec).key` will have, without training or loading weights
     (a `spec.path` pool's manifest is read and checked)."""
     if isinstance(dataset, MultiDomainDataset):
-        counts = _domain_counts(dataset, spec)
+        counts = domain_pool_counts(dataset, spec)
         return _combined_key({d: planned_pool_key(dataset.domains[d].source, replace(spec, num_teachers=count))
                               for d, count in enumerate(counts) if count})
     if spec.path:
@@ -191,6 +213,7 @@ def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, devi
         have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
         if have < spec.num_teachers:
             build_pool(dataset, spec, folder, device, on_teacher)
+        backfill_regime(dataset, spec, folder)
     pool = load_pool(folder, spec.num_teachers, device, key, dataset)
     pool.metadata["training_note"] = _note_training(pool)
     return pool
@@ -260,7 +283,8 @@ def _domain_picks(data: MultiDomainDataset, spec: PoolSpec) -> list[tuple[int, i
     return picks
 
 
-def _domain_counts(data: MultiDomainDataset, spec: PoolSpec) -> list[int]:
+def domain_pool_counts(data: MultiDomainDataset, spec: PoolSpec) -> list[int]:
+    """How many teachers of a multi-domain pool each domain's own pool supplies."""
     counts = [0] * len(data.domains)
     for domain, _ in _domain_picks(data, spec):
         counts[domain] += 1
@@ -277,7 +301,7 @@ def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.de
     """Teacher i comes from domain d(i), drawn from (seed, i) alone, and is the next teacher of
     that domain's own cached pool (trained on its images at its size and statistics); it is
     wrapped to take the shared image space, and its class ids move into the shared label space."""
-    picks, counts = _domain_picks(data, spec), _domain_counts(data, spec)
+    picks, counts = _domain_picks(data, spec), domain_pool_counts(data, spec)
     pools = {d: obtain_pool(data.domains[d].source, replace(spec, num_teachers=count), device)
              for d, count in enumerate(counts) if count}
     done = 0
@@ -297,8 +321,9 @@ def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.de
                        next(iter(pools.values())).path, key,
                        {"domains": {data.domains[d].name: {"teachers": counts[d], "key": p.key,
                                                            "path": str(p.path)} for d, p in pools.items()},
-                        "run_on": run_facts(device), "training_note": "; ".join(n for n in notes if n) or None})
+                        "run_on": run_facts(device), "training_note": "; ".join(n for n in notes if n) or None,
+                        "regime": {data.domains[d].name: p.metadata.get("regime") for d, p in pools.items()}})
 
 
-__all__ = ["PoolSpec", "Teacher", "TeacherPool", "build_pool", "cache_folder", "check_pool_source", "load_pool",
-           "obtain_pool", "planned_pool_key", "pool_key"]
+__all__ = ["PoolSpec", "Teacher", "TeacherPool", "backfill_regime", "build_pool", "cache_folder",
+           "check_pool_source", "domain_pool_counts", "load_pool", "obtain_pool", "planned_pool_key", "pool_key"]

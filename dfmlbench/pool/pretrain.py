@@ -81,6 +81,7 @@ class TrainedTeacher:
     state: dict[str, torch.Tensor]
     heldout_acc: float
     best_epoch: int
+    steps: int  # optimiser steps that produced `state` (to the best epoch, or all for "final")
 
 
 def pretrain_teacher(dataset: ImageDataset, class_ids: list[int], arch: str,
@@ -96,7 +97,7 @@ def pretrain_teacher(dataset: ImageDataset, class_ids: list[int], arch: str,
     y_held = torch.from_numpy(held_y).to(device)
     optimizer, scheduler = _optimizer(model, arch, settings)
 
-    best_acc, best_epoch, best_state = -1.0, -1, None
+    best_acc, best_epoch, best_state, steps, best_steps = -1.0, -1, None, 0, 0
     for epoch in range(settings.epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator).to(device)
@@ -106,14 +107,15 @@ def pretrain_teacher(dataset: ImageDataset, class_ids: list[int], arch: str,
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
             optimizer.step()
+            steps += 1
         scheduler.step()
         acc = heldout_accuracy(model, x_held, y_held)
         if acc > best_acc:
-            best_acc, best_epoch = acc, epoch
+            best_acc, best_epoch, best_steps = acc, epoch, steps
             if settings.select == "best":
                 best_state = copy.deepcopy(model.state_dict())
     # select="final" reproduces the official bug (tools.py:440): the saved state aliases the
     # live weights, so it holds the last epoch while the recorded accuracy is the best epoch's.
     state = best_state if settings.select == "best" else model.state_dict()
     return TrainedTeacher({k: v.detach().cpu().contiguous() for k, v in state.items()},
-                          best_acc, best_epoch)
+                          best_acc, best_epoch, best_steps if settings.select == "best" else steps)

@@ -24,6 +24,7 @@ from torch import nn
 from dfmlbench.errors import UserError
 from dfmlbench.models import ARCHITECTURES, build_model
 from dfmlbench.paths import cache_dir, write_bytes_atomic, write_json_atomic
+from dfmlbench.pool.regime import pool_regime
 
 if TYPE_CHECKING:
     from dfmlbench.data.base import ImageDataset
@@ -434,6 +435,7 @@ def load_pool(folder: Path, limit: int | None = None, device: torch.device | str
                                 list(entry["class_names"]), float(entry["heldout_acc"]),
                                 entry["sha256"]))
     metadata = {k: v for k, v in manifest.items() if k != "teachers"}
+    metadata["regime"] = pool_regime(entries, [t.model.state_dict() for t in teachers])
     metadata["run_on"] = run_facts(device)
     metadata["teachers_trained_on"] = [entry.get("trained_on") for entry in entries]
     return TeacherPool(teachers, manifest.get("dataset", "unknown"), manifest["image_size"],

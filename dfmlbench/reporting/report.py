@@ -7,6 +7,7 @@ The suite's `report` block says what to draw:
       reference: {omniglot: cifar-fs}  # show a paper dataset's values beside another's cells
       figures: [task_grid]           # tsne, grad_inner_product, accuracy_vs_teachers, task_grid,
                                      # accuracy_vs_recovery
+      comparisons: [[free, purer]]   # paired tests written to paired.md (reporting/paired.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dfmlbench.errors import UserError
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.registry import did_you_mean
 from dfmlbench.reporting.collect import Aggregate, Found, FoundAnalysis, aggregate, collect
+from dfmlbench.reporting.paired import PAIRED_FILE, Comparison, compare_pairs, parse_pairs
+from dfmlbench.reporting.paired import to_markdown as paired_markdown
 from dfmlbench.reporting.paper import paper_table
 from dfmlbench.reporting.tables import Table, build_table, to_csv, to_latex, to_markdown
 
@@ -37,6 +40,7 @@ class Report:
     missing: list[str] = field(default_factory=list)  # cells without a finished record
     devices: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
 def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: Path,
@@ -47,6 +51,7 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
         if kind not in FIGURE_KINDS:
             raise UserError(f"suite '{suite.name}' report.figures names '{kind}': "
                             f"{did_you_mean(kind, list(FIGURE_KINDS))}")
+    pairs = parse_pairs(layout.get("comparisons"), suite.name)
     if not Path(runs_dir).is_dir():
         raise UserError(f"no records folder {runs_dir}: run `python -m dfmlbench run --suite {suite.name} "
                         f"--profile {config['profile']} --out {runs_dir}` first, or pass --runs")
@@ -69,6 +74,9 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
                                    [int(s) for s in config["shots"]], paper,
                                    dict(layout.get("reference") or {}), title)
         write_table(report.table, report.out_dir)
+    report.comparisons = compare_pairs(results, pairs)
+    if report.comparisons:
+        write_bytes_atomic(report.out_dir / PAIRED_FILE, paired_markdown(report.comparisons).encode())
     for kind in figures:
         report.figures += FIGURE_BUILDERS[kind](results, analyses, report.out_dir)
     write_readme(report, suite, config, command, run_command)
@@ -250,6 +258,12 @@ def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: 
                   "published values (dfmlbench/reporting/paper_values.yaml); where the dataset differs "
                   "(cpu profiles), they are for orientation, not comparison.",
                   "", "Also: `table.tex`, `table.csv`."]
+    if report.comparisons:
+        lines += ["", "## Paired comparisons", "", paired_markdown(report.comparisons).rstrip(), "",
+                  "The pairs the suite names (`report.comparisons`: the paper's claims, fixed before any "
+                  "result), on the same test episodes: difference = first − second, mean ± 1.96·sd/√n of "
+                  "the per-episode differences (sd with ddof 1); two-sided paired t-test and Wilcoxon "
+                  f"signed-rank test. Also: `{PAIRED_FILE}`."]
     if report.figures:
         lines += ["", "## Figures", ""]
         for path, caption in report.figures:
