@@ -394,7 +394,11 @@ def test_max_over_test_is_a_labelled_diagnostic_beside_the_selected_result(tmp_p
     diagnostic = record["extra_evaluations"]["max_over_test"]
     assert diagnostic["mean"] == max(value for _, value in tests) and diagnostic["evaluations"] == len(tests)
     assert "official-style" in diagnostic["label"] and "selects nothing" in diagnostic["label"]
-    assert record["accuracy"]["mean"] != diagnostic["mean"] or len(tests) == 1  # the result is still the test once
+    # the result is still the one test of the meta-val-selected learner (which may or may not be the maximum);
+    # a tolerance, since the periodic and the final test run through different batching
+    best_val = max(value for _, value in vals)
+    selected = [test for (_, test), (_, val) in zip(tests, vals) if val == best_val]
+    assert any(abs(record["accuracy"]["mean"] - test) <= 1.0 for test in selected)
     assert record["config"]["protocol"]["max_over_test"] is True
     # the costs at each validation point, for the accuracy-vs-recovery figure
     for name in ("recovery_seconds", "train_seconds"):
