@@ -135,18 +135,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_pool(args: argparse.Namespace) -> int:
-    from dfmlbench.pool import PoolSpec
     from dfmlbench.pool.show import pool_lines
     from dfmlbench.status import PoolNeed
 
     suite, config, cells = _resolved_cells(args)
-    needs = list(dict.fromkeys(PoolNeed(c.dataset, PoolSpec.from_config(c.config["pool"]))
-                               for c in cells if c.method.uses_teachers))
+    needs = [need for need in dict.fromkeys(PoolNeed.of(c) for c in cells) if need is not None]
     if not needs:
         print(f"suite {suite.name} (profile {config['profile']}): no method of these cells uses teachers")
     for need in needs:
         print(f"pool {need.label}")
-        print("\n".join(pool_lines(need.dataset, need.spec, config["runtime"]["data_root"])), end="\n\n")
+        print("\n".join(pool_lines(need.dataset, need.spec, config["runtime"]["data_root"], dict(need.options))),
+              end="\n\n")
     return 0
 
 

@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
              "lr": 0.01, "clip": 50.0, "select": "best", "seed": 0, "path": None},
     "learner": {"arch": "conv4"},
     "method_settings": {},  # method name -> {setting: value}
+    # dataset name -> {setting: value}, for datasets that take settings (glyphs-paper: its
+    # render seed and difficulty); part of a cell's identity, recorded in its config.
+    "dataset_settings": {},
     # Extra cell axes: a dotted setting -> the values it takes (e.g. pool.num_teachers for
     # Fig. 6); every combination of methods x datasets x shots x seeds runs at each value.
     "sweep": {},
@@ -75,6 +78,8 @@ SMOKE_PROFILE = "smoke"
 # every method runs at its own `smoke_settings` (planning._build_method).
 SMOKE_BASE: dict[str, Any] = {"shots": [1], "pool.num_teachers": 3, "pool.epochs": 2, "protocol.test_episodes": 20,
                               "protocol.val_episodes": 10, "protocol.query": 5}
+# Sections that map a registered name (a method, an analysis, a dataset) to its own settings.
+SETTINGS_BY_NAME = ("method_settings", "analysis_settings", "dataset_settings")
 SUITE_META_KEYS = ("suite", "version", "description", "default_profile", "profiles", "paper", "report")
 
 
@@ -143,7 +148,7 @@ def _check_keys(body: dict[str, Any], reference: dict[str, Any], where: str, pre
             raise UserError(f"{where}: unknown setting '{prefix}{key}': {did_you_mean(key, list(reference))}")
         if isinstance(reference[key], dict) and not isinstance(value, dict):
             raise UserError(f"{where}: '{prefix}{key}' must be a mapping")
-        if key in ("method_settings", "analysis_settings"):
+        if key in SETTINGS_BY_NAME:
             if not all(isinstance(v, dict) for v in value.values()):
                 raise UserError(f"{where}: {key} must map names to mappings of settings")
         elif key == "sweep":
@@ -160,7 +165,7 @@ def _check_dotted(key: str, where: str) -> None:
     if parts[0] == "sweep" and len(parts) > 1:  # sweep.<dotted setting>: its list of values
         _check_dotted(".".join(parts[1:]), where)
         return
-    if parts[0] in ("method", "method_settings", "analysis_settings"):
+    if parts[0] == "method" or parts[0] in SETTINGS_BY_NAME:
         if len(parts) < 2:
             raise UserError(f"{where}: '{key}' must name a setting, e.g. method_settings.best-model.variant")
         return
@@ -194,7 +199,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise UserError(f"bad --set '{text}': the value is not valid YAML; quote it") from None
-    if key.count(".") == 1 and key.startswith("method_settings.") and not isinstance(value, dict):
+    if key.count(".") == 1 and key.split(".")[0] in SETTINGS_BY_NAME and not isinstance(value, dict):
         raise UserError(f"bad --set '{text}': '{key}' must name a setting "
                         f"(e.g. {key}.epochs=10) or be given a mapping")
     return key, value
@@ -205,7 +210,7 @@ def assign(config: dict[str, Any], key: str, value: Any) -> None:
     if parts[0] == "method":  # applies to whichever method is being run; kept apart
         config.setdefault("method_overrides", {})[".".join(parts[1:])] = value
         return
-    if parts[0] in ("method_settings", "analysis_settings") and len(parts) > 2:
+    if parts[0] in SETTINGS_BY_NAME and len(parts) > 2:
         parts = [parts[0], parts[1], ".".join(parts[2:])]
     elif parts[0] == "sweep" and len(parts) > 1:
         parts = ["sweep", ".".join(parts[1:])]
@@ -251,7 +256,7 @@ def _coerce_settings(config: dict[str, Any]) -> None:
     like the setting they sweep, and the episodes and teachers fit each dataset's declared
     facts: all before any file is read or any pool is built."""
     from dfmlbench.analysis.cells import ANALYSES
-    from dfmlbench.data import DATASETS
+    from dfmlbench.data import DATASETS, dataset_options
     from dfmlbench.data.facts import check_fit, declared_facts
     from dfmlbench.methods import METHODS
     from dfmlbench.models import ARCHITECTURES
@@ -267,6 +272,8 @@ def _coerce_settings(config: dict[str, Any]) -> None:
     for key, allowed in (("pool.arch", (*ARCHITECTURES, MIXED)), ("learner.arch", ARCHITECTURES)):
         section, leaf = key.split(".")
         choice(allowed).apply(key, config[section][leaf])
+    config["dataset_settings"] = {name: dataset_options(name, settings)
+                                  for name, settings in config["dataset_settings"].items()}
     for key, values in config["sweep"].items():
         rule = GLOBAL_RULES.get(key)
         if rule is not None:

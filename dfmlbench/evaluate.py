@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dfmlbench.config import Suite, config_hash, resolve
-from dfmlbench.data import load_dataset
+from dfmlbench.data import cell_dataset
 from dfmlbench.errors import UserError
 from dfmlbench.events import CellEvents, events_path
 from dfmlbench.learner_store import MAIN_LEARNER, load_learners
@@ -107,7 +107,7 @@ def evaluate_one(evaluation: Evaluation, fit_stem: Path, fit: dict[str, Any], st
     config, protocol, runtime = cell.config, cell.config["protocol"], cell.config["runtime"]
     wall, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(runtime["device"])
-    dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
+    dataset = cell_dataset(cell.config)
     if fit.get("dataset_fingerprint") != dataset.fingerprint():
         raise UserError(f"{fit_stem.with_suffix('.json')} was fitted on other {cell.dataset} data than this "
                         "machine's; evaluate it where it was fitted, or run the suite here")

@@ -101,13 +101,14 @@ class PoolJob:
     data_root: str | None
     download: bool
     device: str
+    options: tuple[tuple[str, Any], ...] = ()  # the dataset's settings
 
     def __call__(self) -> str:
         from dfmlbench.data import load_dataset
         from dfmlbench.pool import PoolSpec, obtain_pool
         from dfmlbench.runner import resolve_device
 
-        dataset = load_dataset(self.dataset, self.data_root, self.download)
+        dataset = load_dataset(self.dataset, self.data_root, self.download, dict(self.options))
         pool = obtain_pool(dataset, PoolSpec.from_config(dict(self.pool)), resolve_device(self.device))
         return f"pool {pool.key}: {len(pool)} teachers at {pool.path}"
 
@@ -189,7 +190,7 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
         ex = executor(args.launcher, folder / "%j", launcher, name)
         if need is not None and need.state(runtime["data_root"]) != "built":
             pool = PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())), data_root or runtime["data_root"],
-                           bool(runtime.get("download")), runtime["device"])
+                           bool(runtime.get("download")), runtime["device"], need.options)
             # locally (no dependencies) the pool is built first; on Slurm its cells start when the
             # pool job ends (afterany: a cell completes a failed build itself, under the lock)
             (pool_job,), _ = _submit(ex, "pool", folder, local, [(f"pool {need.label}", pool)])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dfmlbench.config import SMOKE_PROFILE, assign, config_hash, sweep_points
+from dfmlbench.data import settings_entry
 from dfmlbench.data.multidomain import MEMBERS as MULTIDOMAIN_MEMBERS
 from dfmlbench.errors import UserError
 from dfmlbench.method import Method
@@ -111,8 +112,8 @@ def _expand_point(config: dict[str, Any], names: list[str]) -> list[Cell]:
                     cell_config = {
                         "suite": config["suite"], "profile": config["profile"],
                         "method": {"name": method.name, "settings": method.recorded_settings()},
-                        "dataset": dataset, "shot": int(shot), "seed": int(seed),
-                        "protocol": protocol, "learner": config["learner"],
+                        "dataset": dataset, **settings_entry(config, dataset),
+                        "shot": int(shot), "seed": int(seed), "protocol": protocol, "learner": config["learner"],
                         "runtime": config["runtime"],
                     }
                     if method.uses_teachers:

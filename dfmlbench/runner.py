@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dfmlbench.data import load_dataset
+from dfmlbench.data import cell_dataset
 from dfmlbench.errors import UserError, note
 from dfmlbench.events import CellEvents, check_tensorboard, events_path
 from dfmlbench.kernels import kernel_for
@@ -78,7 +78,7 @@ class CellRunner:
         events.stage("start", device=str(device), config_hash=cell.hash)
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         wall = time.perf_counter()
-        dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
+        dataset = cell_dataset(cell.config)
 
         pool, pool_info, pool_seconds = None, None, 0.0
         if cell.method.uses_teachers:
@@ -151,19 +151,19 @@ def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
         kernel_for(resolve_device(device))  # a forced task kernel must be one
     check_tensorboard(any(c.config["runtime"]["tensorboard"] for c in cells))
     expected: dict[Path, Expected] = {}
-    pool_keys: dict[tuple[str, str], str] = {}  # (dataset, spec) -> planned key, each pool checked once
+    pool_keys: dict[tuple[tuple[str, str], str], str] = {}  # (data, spec) -> planned key, each pool checked once
     for cell in cells:
-        runtime = cell.config["runtime"]
-        dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
+        dataset = cell_dataset(cell.config)
         protocol, key = cell.config["protocol"], None
         spec = PoolSpec.from_config(cell.config["pool"]) if cell.method.uses_teachers else None
         check_fit(measured_facts(dataset), protocol["way"], cell.shot, protocol["query"],
                   spec.way if spec and not spec.path else None)
         if spec is not None:
-            if (cell.dataset, repr(spec)) not in pool_keys:
+            data = (cell.dataset, repr(cell.config.get("dataset_settings")))
+            if (data, repr(spec)) not in pool_keys:
                 check_pool_source(dataset, spec)
-                pool_keys[cell.dataset, repr(spec)] = planned_pool_key(dataset, spec)
-            key = pool_keys[cell.dataset, repr(spec)]
+                pool_keys[data, repr(spec)] = planned_pool_key(dataset, spec)
+            key = pool_keys[data, repr(spec)]
         expected[cell_stem(out_dir, cell)] = Expected(dataset.fingerprint(), key)
     return expected
 

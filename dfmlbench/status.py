@@ -84,13 +84,23 @@ def estimate(cell: Cell, measured: dict[str, list[float]]) -> Estimate:
 class PoolNeed:
     dataset: str
     spec: PoolSpec
+    options: tuple[tuple[str, Any], ...] = ()  # the dataset's settings (dataset_settings), if it takes any
+
+    @classmethod
+    def of(cls, cell: Cell) -> "PoolNeed | None":
+        """The pool a cell needs (None: its method uses no teachers)."""
+        if not cell.method.uses_teachers:
+            return None
+        options = tuple(sorted(cell.config.get("dataset_settings", {}).items()))
+        return cls(cell.dataset, PoolSpec.from_config(cell.config["pool"]), options)
 
     @property
     def label(self) -> str:
         s = self.spec
+        data = self.dataset + (f" ({', '.join(f'{k} {v}' for k, v in self.options)})" if self.options else "")
         if s.path:
-            return f"{self.dataset}: brought-in pool {s.path} ({s.num_teachers} teachers)"
-        return (f"{self.dataset}: {s.num_teachers} x {s.arch} {s.way}-way, {s.epochs} epochs, seed {s.seed}, "
+            return f"{data}: brought-in pool {s.path} ({s.num_teachers} teachers)"
+        return (f"{data}: {s.num_teachers} x {s.arch} {s.way}-way, {s.epochs} epochs, seed {s.seed}, "
                 f"{s.select} epoch's weights")
 
     def state(self, data_root: str | None) -> str:
@@ -98,7 +108,7 @@ class PoolNeed:
         if self.spec.path:
             return "brought in"
         try:
-            dataset = load_dataset(self.dataset, data_root, False)
+            dataset = load_dataset(self.dataset, data_root, False, dict(self.options))
         except UserError:
             return "unknown (the dataset is not on this machine)"
         if isinstance(dataset, MultiDomainDataset):
@@ -124,8 +134,8 @@ def plan(cells: list[Cell], out_dir: Path) -> list[PlannedCell]:
     planned = []
     for cell in unique_cells(cells, out_dir):
         stem = cell_stem(out_dir, cell)
-        pool = PoolNeed(cell.dataset, PoolSpec.from_config(cell.config["pool"])) if cell.method.uses_teachers else None
-        planned.append(PlannedCell(cell, stem, cell_status(stem, cell, out_dir), pool, estimate(cell, measured)))
+        planned.append(PlannedCell(cell, stem, cell_status(stem, cell, out_dir), PoolNeed.of(cell),
+                                   estimate(cell, measured)))
     return planned
 
 

@@ -23,8 +23,7 @@ from conftest import requires_omniglot
 from dfmlbench.data import load_dataset
 from dfmlbench.data.cifar_fs import load_cifar_fs
 from dfmlbench.data.cub import load_cub
-from dfmlbench.data.glyphs_dataset import CACHE_ARRAYS as GLYPHS_ARRAYS
-from dfmlbench.data.glyphs_dataset import load_glyphs
+from dfmlbench.data.glyphs_dataset import GLYPHS, load_glyphs
 from dfmlbench.data.miniimagenet import load_miniimagenet
 from dfmlbench.data.npz import read_npz
 from dfmlbench.data.omniglot import FILE_NAME as OMNIGLOT_FILE
@@ -163,7 +162,7 @@ def _glyphs(src: Path, register, session_cache: Path) -> Callable[[], object]:
     """The session's glyphs cache (made by the `glyphs` fixture) copied in, so only the rebuild
     renders (about 5 s)."""
     (cache_dir() / "datasets").mkdir(parents=True)
-    for entry in (session_cache / "datasets").glob("glyphs-*.npz"):
+    for entry in (session_cache / "datasets").glob("glyphs-v*.npz"):  # not glyphs-paper
         shutil.copyfile(entry, cache_dir() / "datasets" / entry.name)
     return load_glyphs
 
@@ -184,7 +183,7 @@ def _cub(src: Path, register, session_cache: Path) -> Callable[[], object]:
     return lambda: load_cub(str(src))
 
 
-CACHED = {"glyphs": (_glyphs, GLYPHS_ARRAYS), "cifar-fs": (_cifar, labelled_images(32, 100)),
+CACHED = {"glyphs": (_glyphs, GLYPHS.cache_arrays()), "cifar-fs": (_cifar, labelled_images(32, 100)),
           "miniimagenet": (_mini, labelled_images(84, 100)), "cub": (_cub, labelled_images(84, 200))}
 CACHE_CASES = ([("cifar-fs", damage) for damage in NPZ_DAMAGE]
                + [("glyphs", "truncated"), ("miniimagenet", "no-labels"), ("cub", "corrupted")])
@@ -300,7 +299,7 @@ def test_data_verify_reports_damaged_files_as_problem_lines(omniglot_copy, glyph
     register_md5(root)
     _garbage(root / "cifar-100-python" / "meta")
     _glyphs(tmp_path, register_md5, isolated_cache)
-    (glyphs_cache,) = (own_cache / "datasets").glob("glyphs-*.npz")
+    (glyphs_cache,) = (own_cache / "datasets").glob("glyphs-v*.npz")
     _empty(glyphs_cache)
 
     result = call("data", "verify", "mix-small", "cifar-fs", "--data-root", root)

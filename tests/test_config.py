@@ -345,7 +345,7 @@ def test_registry_near_miss_names():
         METHODS.get("randm")
     with pytest.raises(UserError, match=r"unknown dataset 'omniglott': did you mean 'omniglot'\?"):
         DATASETS.get("omniglott")
-    with pytest.raises(UserError, match="unknown dataset 'xyz': choose one of: cifar-fs, cub, glyphs, miniimagenet, mix, mix-small, omniglot"):
+    with pytest.raises(UserError, match="unknown dataset 'xyz': choose one of: cifar-fs, cub, glyphs, glyphs-paper, miniimagenet, mix, mix-small, omniglot"):
         DATASETS.get("xyz")
 
 

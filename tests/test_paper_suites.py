@@ -22,12 +22,18 @@ PAPER_SUITES = ["table2", "table3", "table4", "table5", "fig4", "fig5", "fig6", 
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_every_profile_expands(name):
     suite = load_suite(name)
-    assert set(suite.profiles) == {"paper", "cpu", "smoke"}
+    regimes = {"cpu-glyphs"} if name in ("table2", "table5") else set()  # the paper's teacher regime (issue 17)
+    assert set(suite.profiles) == {"paper", "cpu", "smoke"} | regimes
     for profile in suite.profiles:
         config = resolve(suite, profile, [])
         assert expand_cells(config) or expand_analysis_cells(config)
         if profile == "cpu":  # laptops: real Omniglot images (with glyphs as a second domain)
             assert config["datasets"] in (["omniglot"], ["mix-small"])
+        if profile == "cpu-glyphs":  # cpu's settings on glyphs-paper, with teachers trained as the paper's
+            cpu = resolve(suite, "cpu", [])
+            assert config["datasets"] == ["glyphs-paper"] and config["pool"]["epochs"] == 60
+            assert {k: config[k] for k in ("method_settings", "budget_fraction", "shots", "protocol")} == {
+                k: cpu[k] for k in ("method_settings", "budget_fraction", "shots", "protocol")}
 
 
 def test_paper_profiles_are_the_paper_setting():
@@ -61,8 +67,10 @@ def test_no_cpu_profile_changes_a_per_step_setting(name):
     from dfmlbench.methods import METHODS
 
     suite = load_suite(name)
-    if "cpu" not in suite.profiles:
+    cpu_profiles = [p for p in suite.profiles if p.startswith("cpu")]
+    if not cpu_profiles:
         pytest.skip(f"{name} has no cpu profile")
-    for method, settings in resolve(suite, "cpu", [])["method_settings"].items():
-        allowed = set(METHODS.get(method).load().paper_budget) | LENGTH_SETTINGS
-        assert set(settings) <= allowed, f"{name} cpu sets {sorted(set(settings) - allowed)} of {method}"
+    for profile in cpu_profiles:
+        for method, settings in resolve(suite, profile, [])["method_settings"].items():
+            allowed = set(METHODS.get(method).load().paper_budget) | LENGTH_SETTINGS
+            assert set(settings) <= allowed, f"{name} {profile} sets {sorted(set(settings) - allowed)} of {method}"

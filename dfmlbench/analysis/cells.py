@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dfmlbench.config import config_hash
-from dfmlbench.data import load_dataset
+from dfmlbench.data import cell_dataset, settings_entry
 from dfmlbench.errors import UserError, note
 from dfmlbench.paths import save_npz_atomic
 from dfmlbench.pool import PoolSpec, obtain_pool
@@ -52,7 +52,8 @@ def expand_analysis_cells(config: dict[str, Any]) -> list[AnalysisCell]:
             for seed in config["seeds"]:
                 cell_config = {"suite": config["suite"], "profile": config["profile"],
                                "analysis": {"name": name, "settings": settings},
-                               "dataset": dataset, "seed": int(seed), "pool": config["pool"],
+                               "dataset": dataset, **settings_entry(config, dataset),
+                               "seed": int(seed), "pool": config["pool"],
                                "runtime": config["runtime"]}
                 cells.append(AnalysisCell(name, dataset, int(seed), settings, cell_config,
                                           config_hash(cell_config)))
@@ -101,7 +102,7 @@ def run_analysis_cell(cell: AnalysisCell, out_dir: Path, force: bool = False) ->
     wall = time.perf_counter()
     runtime = cell.config["runtime"]
     device = resolve_device(runtime["device"])
-    dataset = load_dataset(cell.dataset, runtime["data_root"], bool(runtime.get("download")))
+    dataset = cell_dataset(cell.config)
     pool = obtain_pool(dataset, PoolSpec.from_config(cell.config["pool"]), device)
     function = ANALYSES.get(cell.analysis).load()
     result = function(pool, dataset, seed=cell.seed, device=device, **cell.settings)  # settings typed at expansion

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from dfmlbench.data import load_dataset
 from dfmlbench.data.base import ImageDataset
@@ -17,9 +18,11 @@ from dfmlbench.pool.regime import describe
 from dfmlbench.pool.store import MANIFEST, pools_root, read_manifest
 
 
-def pool_lines(dataset_name: str, spec: PoolSpec, data_root: str | None) -> list[str]:
-    """The regime summary of the pool (dataset, spec), or one line saying why there is none."""
-    dataset = load_dataset(dataset_name, data_root, False)
+def pool_lines(dataset_name: str, spec: PoolSpec, data_root: str | None,
+               options: dict[str, Any] | None = None) -> list[str]:
+    """The regime summary of the pool (dataset under its settings `options`, spec), or one
+    line saying why there is none."""
+    dataset = load_dataset(dataset_name, data_root, False, options)
     if isinstance(dataset, MultiDomainDataset):
         lines = []
         for domain, count in zip(dataset.domains, domain_pool_counts(dataset, spec)):
