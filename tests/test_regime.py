@@ -123,3 +123,24 @@ def test_random_scaled_has_randoms_directions_and_the_averages_norms(tiny_pool, 
 
 def test_random_scaled_runs_beside_average_in_table2():
     assert "random-scaled" in resolve(load_suite("table2"), "cpu", [])["methods"]
+
+
+def test_reports_name_each_pool_with_its_regime_once():
+    from dfmlbench.reporting.pools import pool_rows
+
+    summary = {"teachers": 2, "norm_ratio_mean": 1.2345, "pairwise_cosine_mean": 0.00123,
+               "steps": {"mean": 21.4, "min": 7, "max": 40}}
+
+    def record(key, regime, select="best", dataset="omniglot"):
+        return {"dataset": dataset, "config": {"pool": {"select": select}},
+                "pool": {"key": key, "num_teachers": 2, "mean_heldout_acc": 98.56, "regime": regime}}
+
+    rows = pool_rows([record("a", None), record("a", summary), record("b", None, "final"), {"pool": None},
+                      record("m", {"omniglot": summary, "glyphs": None}, dataset="mix-small")])
+    body = rows[2:]
+    assert len(body) == 3  # one row per pool key (a's regime from the record that has it)
+    assert body[0] == "| mix-small: omniglot | `m` | best epoch | 2 | 98.6% (all domains) | 21 (7-40) | 1.234 | 0.0012 |"
+    assert body[1] == "| omniglot | `a` | best epoch | 2 | 98.6% | 21 (7-40) | 1.234 | 0.0012 |"
+    assert body[2].startswith("| omniglot | `b` | final epoch | 2 | 98.6% | not recorded")
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    assert pool_rows([{"pool": None}]) == []

@@ -24,6 +24,8 @@ from dfmlbench.reporting.collect import Aggregate, Found, FoundAnalysis, aggrega
 from dfmlbench.reporting.paired import PAIRED_FILE, Comparison, compare_pairs, parse_pairs
 from dfmlbench.reporting.paired import to_markdown as paired_markdown
 from dfmlbench.reporting.paper import paper_table
+from dfmlbench.reporting.pools import CAPTION as POOLS_CAPTION
+from dfmlbench.reporting.pools import pool_rows
 from dfmlbench.reporting.tables import Table, build_table, to_csv, to_latex, to_markdown
 
 FIGURE_KINDS = ("tsne", "grad_inner_product", "accuracy_vs_teachers", "task_grid", "accuracy_vs_recovery")
@@ -41,6 +43,7 @@ class Report:
     devices: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the finished method records used
 
 
 def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: Path,
@@ -62,6 +65,7 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
                         f"{config['profile']} --out {runs_dir}` first")
     results = aggregate(found)
     report = Report(Path(out_dir), None)
+    report.records = [f.record for f in found if f.record is not None]
     report.missing = [f"{f.cell.label}" for f in found if f.record is None]
     report.missing += [a.cell.label for a in analyses if a.record is None]
     report.devices = sorted({d for r in results.values() for d in r.devices}
@@ -264,6 +268,9 @@ def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: 
                   "result), on the same test episodes: difference = first − second, mean ± 1.96·sd/√n of "
                   "the per-episode differences (sd with ddof 1); two-sided paired t-test and Wilcoxon "
                   f"signed-rank test. Also: `{PAIRED_FILE}`."]
+    pools = pool_rows(report.records)
+    if pools:
+        lines += ["", "## Teacher pools", "", *pools, "", POOLS_CAPTION]
     if report.figures:
         lines += ["", "## Figures", ""]
         for path, caption in report.figures:

@@ -1,0 +1,56 @@
+"""The teacher pools a report's records used, with their regime (issue 17): how well and how
+far the teachers trained, so a reader knows which regime a table was measured in."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+HEADER = ["| dataset | pool | weights kept | teachers | held-out accuracy | optimiser steps (min-max) | norm / init | "
+          "pairwise cosine |", "|---|---|---|---|---|---|---|---|"]
+
+
+def pool_rows(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One markdown row per pool key (its regime from any record of it that carries one);
+    [] when no record used teachers."""
+    pools: dict[str, tuple[str, dict[str, Any]]] = {}
+    regimes: dict[str, dict[str, Any]] = {}
+    for record in records:
+        pool = record.get("pool")
+        if not pool:
+            continue
+        kept = f"{record['config']['pool']['select']} epoch"
+        pools.setdefault(pool["key"], (record["dataset"], {**pool, "kept": kept}))
+        if pool.get("regime"):
+            regimes.setdefault(pool["key"], pool["regime"])
+    rows = []
+    for key, (dataset, pool) in sorted(pools.items(), key=lambda item: (item[1][0], item[0])):
+        regime = regimes.get(key)
+        held = f"{pool['mean_heldout_acc']:.1f}%"
+        if regime is None:
+            rows.append(f"| {dataset} | `{key}` | {pool['kept']} | {pool['num_teachers']} | {held} | not recorded (records older "
+                        "than the indicators; `pool show` prints them) | – | – |")
+        elif "teachers" in regime:
+            rows.append(f"| {dataset} | `{key}` | {pool['kept']} | {pool['num_teachers']} | {held} | {_shape(regime)} |")
+        else:  # a multi-domain pool: one summary per domain (the accuracy is the whole pool's)
+            rows += [f"| {dataset}: {domain} | `{key}` | {pool['kept']} | {summary['teachers']} | {held} (all domains) | "
+                     f"{_shape(summary)} |" for domain, summary in regime.items() if summary]
+    return [*HEADER, *rows] if rows else []
+
+
+def _shape(summary: dict[str, Any]) -> str:
+    steps = summary.get("steps")
+    return ((f"{steps['mean']:.0f} ({steps['min']:.0f}-{steps['max']:.0f})" if steps else "–")
+            + f" | {_show(summary.get('norm_ratio_mean'), '.3f')} | {_show(summary.get('pairwise_cosine_mean'), '.4f')}")
+
+
+def _show(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+CAPTION = ("Held-out accuracy: the teachers' mean on their own classes' held-out images. Norm / init: "
+           "a layer's kept weights over its init (re-derived from the pool seed), averaged over conv and "
+           "linear layers and teachers; pairwise cosine: between two teachers' flattened layers, averaged "
+           "over pairs and layers (docs/teacher-regime.md). Near 1 and near 0, with tens of steps: the "
+           "teachers stayed near their random inits.")
+
+__all__ = ["CAPTION", "pool_rows"]
