@@ -20,7 +20,7 @@ from dfmlbench.paths import cache_dir, save_npz_atomic
 RENDER_VERSION = 2  # bump when render_glyphs changes its output
 # glyphs-paper's difficulty: the smallest rung of the ladder that passed the rule stated in
 # docs/teacher-regime.md before any method ran on it (reports/glyphs-paper-calibration).
-PAPER_DIFFICULTY = 1.0
+PAPER_DIFFICULTY = 3.0
 
 
 @dataclass(frozen=True)
