@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from dfmlbench.errors import UserError
 from dfmlbench.paths import write_bytes_atomic
+from dfmlbench.pool.regime import show
 
 LADDER = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 TEACHER_RANGE = (60.0, 90.0)  # the teachers' mean held-out accuracy, in %
@@ -55,7 +56,7 @@ def measure_rung(difficulty: float, seed: int, profile: str, records: Path) -> d
     dataset = cell_dataset(cell.config)
     pool = obtain_pool(dataset, PoolSpec.from_config(config["pool"]), resolve_device(config["runtime"]["device"]))
     (outcome,) = run_cells([cell], records, show_progress=False)
-    if outcome.status != "ran" and outcome.status != "recorded":
+    if outcome.status not in ("ran", "recorded"):
         raise RuntimeError(f"Random on {rung_name(difficulty)} did not finish: {outcome.path}")
     heldout = [round(t.heldout_acc, 2) for t in pool]  # in %
     entries = read_manifest(pool.path, dataset)["teachers"][:len(heldout)]
@@ -110,8 +111,8 @@ def report(rungs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         t, g = r["teachers"], r["regime"]
         lines.append(f"| {r['difficulty']:g} | {r['render_seed']} | {t['count']} | {t['heldout_mean']:.2f} "
                      f"({t['heldout_min']:.2f}-{t['heldout_max']:.2f}) | {r['random']['mean']:.2f} ± "
-                     f"{r['random']['ci95']:.2f} | {_show(g['steps_mean'], '.0f')} | {_show(g['norm_ratio_mean'], '.3f')} "
-                     f"| {_show(g['pairwise_cosine_mean'], '.4f')} | {t['train_seconds'] / 60:.1f} "
+                     f"{r['random']['ci95']:.2f} | {show(g['steps_mean'], '.0f')} | {show(g['norm_ratio_mean'], '.3f')} "
+                     f"| {show(g['pairwise_cosine_mean'], '.4f')} | {t['train_seconds'] / 60:.1f} "
                      f"| {'yes' if passes(r) else 'no'} |")
     lines.append("")
     if chosen is not None:
@@ -125,10 +126,6 @@ def report(rungs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     summary = {"rule": {"ladder": list(LADDER), "teacher_range": list(TEACHER_RANGE), "random_ceiling": RANDOM_CEILING},
                "chosen_difficulty": None if chosen is None else chosen["difficulty"], "rungs": rungs}
     return "\n".join(lines) + "\n", summary
-
-
-def _show(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
 
 
 def read_rungs(out: Path) -> list[dict[str, Any]]:

@@ -108,21 +108,22 @@ def pool_regime(entries: list[dict[str, Any]], states: list[dict[str, torch.Tens
 def describe(summary: dict[str, Any]) -> list[str]:
     """The summary as lines for a terminal: one headline, then one line per layer."""
     steps = summary.get("steps")
-    head = (f"{summary['teachers']} teacher(s): weight norm / init norm {_show(summary['norm_ratio_mean'])} "
-            f"(mean over layers), pairwise cosine {_show(summary['pairwise_cosine_mean'])}, optimiser steps "
+    head = (f"{summary['teachers']} teacher(s): weight norm / init norm {show(summary['norm_ratio_mean'])} "
+            f"(mean over layers), pairwise cosine {show(summary['pairwise_cosine_mean'])}, optimiser steps "
             + (f"{steps['mean']:.0f} (min {steps['min']:.0f}, max {steps['max']:.0f})" if steps else "unknown"))
     lines = [head, "| layer | norm / init (mean, min-max) | pairwise cosine |", "|---|---|---|"]
     names = list(dict.fromkeys([*summary["norm_ratio"], *summary["pairwise_cosine"]]))
     for name in names:
         r = summary["norm_ratio"].get(name)
         spread = f"{r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f})" if r else "–"
-        lines.append(f"| {name} | {spread} | {_show(summary['pairwise_cosine'].get(name))} |")
+        lines.append(f"| {name} | {spread} | {show(summary['pairwise_cosine'].get(name))} |")
     return lines
 
 
-def _show(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def show(value: float | None, spec: str = ".3f") -> str:
+    """An indicator for a table: "–" where it is unknown."""
+    return "–" if value is None else format(value, spec)
 
 
 __all__ = ["REGIME_FIELD", "describe", "initial_state", "layer_weights", "pairwise_cosine", "pool_regime",
-           "steps_taken", "teacher_regime"]
+           "show", "steps_taken", "teacher_regime"]

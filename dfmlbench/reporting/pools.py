@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from dfmlbench.pool.regime import show
+
 HEADER = ["| dataset | pool | weights kept | teachers | held-out accuracy | optimiser steps (min-max) | norm / init | "
           "pairwise cosine |", "|---|---|---|---|---|---|---|---|"]
 
@@ -40,11 +42,7 @@ def pool_rows(records: Iterable[dict[str, Any]]) -> list[str]:
 def _shape(summary: dict[str, Any]) -> str:
     steps = summary.get("steps")
     return ((f"{steps['mean']:.0f} ({steps['min']:.0f}-{steps['max']:.0f})" if steps else "–")
-            + f" | {_show(summary.get('norm_ratio_mean'), '.3f')} | {_show(summary.get('pairwise_cosine_mean'), '.4f')}")
-
-
-def _show(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+            + f" | {show(summary.get('norm_ratio_mean'), '.3f')} | {show(summary.get('pairwise_cosine_mean'), '.4f')}")
 
 
 CAPTION = ("Held-out accuracy: the teachers' mean on their own classes' held-out images. Norm / init: "
