@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun cells that already have a record")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--shard", metavar="I/N", help="run only shard I of N of the cells (for another scheduler)")
+    run.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
+                     help="copy in cells that records under FOLDER (another run's --out, a report's records/) "
+                          "already computed under another suite or profile name, instead of running them")
     run.add_argument("--launcher", choices=["local", "slurm"],
                      help="submit each pending cell as its own job through submitit (settings: launcher.*)")
 
@@ -183,21 +186,27 @@ def _progress_factory(hidden: bool) -> Any:
 def _cmd_run(args: argparse.Namespace) -> int:
     from dfmlbench.analysis.cells import expand_analysis_cells, run_analysis_cell
     from dfmlbench.planning import parse_shard, shard
-    from dfmlbench.runner import budget_notice, run_cells, summary_table
+    from dfmlbench.reuse import ReuseIndex
+    from dfmlbench.runner import adopt_reusable, budget_notice, run_cells, summary_table
 
     suite, config, cells = _resolved_cells(args)
     analyses = [] if args.method else expand_analysis_cells(config)
+    if args.reuse and args.force:
+        raise UserError("--reuse and --force do not mix: --force reruns every cell; drop one of them")
+    reuse = ReuseIndex(args.reuse) if args.reuse else None
     if args.launcher:
         from dfmlbench.launch import launch
         if args.shard:
             raise UserError("--shard and --launcher do not mix: the launcher submits every pending cell itself")
+        if reuse is not None:
+            print(f"{len(adopt_reusable(cells, Path(args.out), reuse))} cell(s) copied in from --reuse")
         return launch(args, config, cells, analyses)
     if args.shard:
         index, count = parse_shard(args.shard)
         cells, analyses = shard(cells, Path(args.out), index, count), analyses[index - 1::count]
     print(f"suite {suite.name} (profile {config['profile']}): {len(cells) + len(analyses)} cell(s) -> {args.out}")
     # Method cells first: their pre-flight checks every input before anything runs.
-    outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None)
+    outcomes = run_cells(cells, Path(args.out), args.force, False if args.no_progress else None, reuse)
     for cell in analyses:
         status, _ = run_analysis_cell(cell, Path(args.out), args.force)
         print(f"{cell.label}: {status}")
@@ -206,10 +215,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         notice = budget_notice([o.cell for o in outcomes])
         if notice:
             print(notice)
-    counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "recorded", "running")}
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("ran", "recorded", "reused", "running")}
     failed = [o for o in outcomes if o.status == "failed"]
     elsewhere = f"{counts['running']} running elsewhere, " if counts["running"] else ""
-    print(f"{counts['ran']} cell(s) run, {counts['recorded']} already recorded, {elsewhere}"
+    reused = f"{counts['reused']} copied in from --reuse, " if reuse is not None else ""
+    print(f"{counts['ran']} cell(s) run, {counts['recorded']} already recorded, {reused}{elsewhere}"
           f"{len(failed)} failed; records under {args.out}")
     for o in failed:
         print(f"failed: {o.cell.label}: {o.record['error']} (traceback in {o.path})", file=sys.stderr)

@@ -293,6 +293,19 @@ def config_hash(cell_config: dict[str, Any]) -> str:
     """Identity of a cell's result: everything but `runtime` (device, chunking, paths)."""
     identity = {k: v for k, v in cell_config.items() if k != "runtime"}
     identity["suite"] = {k: v for k, v in cell_config["suite"].items() if k != "path"}
+    return _digest(identity)
+
+
+def computation_key(cell_config: dict[str, Any]) -> str:
+    """What a cell computes: its config hash without the suite's and profile's names, which
+    label a result but do not change it (fig7's FREE cell computes table2's). The suite version
+    stays: a version bump says the code under every suite changed."""
+    identity = {k: v for k, v in cell_config.items() if k not in ("runtime", "profile")}
+    identity["suite"] = {"version": cell_config["suite"]["version"]}
+    return _digest(identity)
+
+
+def _digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

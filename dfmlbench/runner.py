@@ -27,12 +27,15 @@ from dfmlbench.planning import Cell, cell_stem, unique_cells
 from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.records import CellRecord, device_name, environment, finished_record, method_label, write_record
+from dfmlbench.reuse import ReuseIndex, adopt, reused_label
 
 
 @dataclass
 class Outcome:
     cell: Cell
-    status: str  # "ran", "recorded" (skipped: already done), "running" (in another process), "failed"
+    # "ran", "recorded" (skipped: already done), "reused" (copied in from a --reuse folder),
+    # "running" (in another process), "failed"
+    status: str
     record: dict[str, Any] | None
     path: Path
 
@@ -139,6 +142,10 @@ class Expected:
     dataset_fingerprint: str
     pool_key: str | None  # None: the method uses no teachers
 
+    @classmethod
+    def made_on(cls, record: dict[str, Any]) -> Expected:
+        return cls(record.get("dataset_fingerprint"), (record.get("pool") or {}).get("key"))
+
 
 def preflight(cells: list[Cell], out_dir: Path) -> dict[Path, Expected]:
     """Everything that can be checked before any cell runs, in seconds: the records folder and
@@ -176,7 +183,7 @@ def _done(stem: Path, cell: Cell, expected: Expected) -> dict[str, Any] | None:
         if problem is not None:
             note(f"{stem.with_suffix('.json')}: {problem}; the cell runs again")
         return None
-    made_on = Expected(record.get("dataset_fingerprint"), (record.get("pool") or {}).get("key"))
+    made_on = Expected.made_on(record)
     if made_on != expected:
         what = "data" if made_on.dataset_fingerprint != expected.dataset_fingerprint else "teacher pool"
         raise UserError(f"{stem.with_suffix('.json')} was made on other {what} than this run's "
@@ -195,12 +202,35 @@ def _note_mixed_environments(records: list[dict[str, Any]], device: torch.device
              "(use --force to rerun, or another --out)")
 
 
+def adopt_reusable(cells: list[Cell], out_dir: Path, reuse: ReuseIndex,
+                   expected: dict[Path, Expected] | None = None) -> set[Path]:
+    """Copy in (`reuse.adopt`) every cell without a record here that a record under the --reuse
+    folders computed on the same data and pool; the stems adopted."""
+    cells = unique_cells(cells, out_dir)
+    expected = expected if expected is not None else preflight(cells, out_dir)
+    adopted = set()
+    for cell in cells:
+        stem = cell_stem(out_dir, cell)
+        if _done(stem, cell, expected[stem]) is not None:
+            continue
+        source = reuse.find(cell, lambda record: Expected.made_on(record) == expected[stem])
+        if source is None:
+            continue
+        with claimed(stem, out_dir) as mine:
+            if mine and _done(stem, cell, expected[stem]) is None:
+                adopt(source, cell, stem)
+                adopted.add(stem)
+    return adopted
+
+
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
-              show_progress: bool | None = None) -> list[Outcome]:
+              show_progress: bool | None = None, reuse: ReuseIndex | None = None) -> list[Outcome]:
+    """Each cell's outcome: run, or skipped as recorded here (or copied in from `reuse`)."""
     runner = CellRunner(out_dir, show_progress, resume=not force)
     cells = unique_cells(cells, out_dir)
     stems = [cell_stem(out_dir, cell) for cell in cells]
     expected = preflight(cells, out_dir)
+    adopted = adopt_reusable(cells, out_dir, reuse, expected) if reuse is not None else set()
     recorded = [None if force else _done(stem, cell, expected[stem]) for cell, stem in zip(cells, stems)]
     if cells:
         _note_mixed_environments([r for r in recorded if r], resolve_device(cells[0].config["runtime"]["device"]),
@@ -210,7 +240,8 @@ def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
     for cell, stem, record in zip(bar, stems, recorded):
         bar.set_postfix_str(cell.label)
         if record is not None:
-            outcomes.append(Outcome(cell, "recorded", record, stem.with_suffix(".json")))
+            outcomes.append(Outcome(cell, "reused" if stem in adopted else "recorded", record,
+                                    stem.with_suffix(".json")))
             continue
         with claimed(stem, out_dir) as mine:  # jobs sharing the folder never run one cell twice
             if not mine:
@@ -285,6 +316,8 @@ def summary_table(outcomes: list[Outcome], reference: str = "free") -> str:
         fit_s = f"{fit + (t.get('recovery_seconds') or 0):.1f}" if fit is not None else "-"
         label = method_label({"method": o.cell.method.name, **r})
         label += "".join(f" ({key}={value})" for key, value in o.cell.sweep.items())
+        origin = reused_label(r)
+        status = f"{o.status} (from {origin})" if origin else o.status
         rows.append(f"| {label} | {o.cell.dataset} | {o.cell.shot} | {o.cell.seed} | "
-                    f"{accuracy} | {recovery} | {ratio} | {fit_s} | {o.status} |")
+                    f"{accuracy} | {recovery} | {ratio} | {fit_s} | {status} |")
     return "\n".join(rows)

@@ -12,6 +12,7 @@ The suite's `report` block says what to draw:
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from dfmlbench.config import Suite
 from dfmlbench.errors import UserError
 from dfmlbench.paths import write_bytes_atomic
 from dfmlbench.registry import did_you_mean
+from dfmlbench.reuse import reused_label
 from dfmlbench.reporting.collect import Aggregate, Found, FoundAnalysis, aggregate, collect
 from dfmlbench.reporting.paired import PAIRED_FILE, Comparison, compare_pairs, parse_pairs
 from dfmlbench.reporting.paired import to_markdown as paired_markdown
@@ -244,6 +246,9 @@ FIGURE_BUILDERS: dict[str, Callable[[Results, list[FoundAnalysis], Path], list[t
 
 
 def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: str, run_command: str) -> None:
+    reused = [r for r in report.records if reused_label(r)]
+    run_command += "".join(f" --reuse {shlex.quote(folder)}"
+                           for folder in dict.fromkeys(r["reused_from"]["folder"] for r in reused))
     lines = [f"# {suite.name} ({config['profile']} profile)", "", suite.description, "",
              "Records made by, and report made from them by:", "", "```", run_command, command, "```", "",
              f"- Profile: `{config['profile']}`; only records of this profile and configuration are used.",
@@ -271,6 +276,12 @@ def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: 
     pools = pool_rows(report.records)
     if pools:
         lines += ["", "## Teacher pools", "", *pools, "", POOLS_CAPTION]
+    if reused:
+        lines += ["", "## Reused records", "",
+                  *[f"- {r['method']} {r['dataset']} {r['way']}w{r['shot']}s seed {r['seed']}: computed as "
+                    f"{reused_label(r)} (record {r['reused_from']['config_hash']}), the same config but the "
+                    "names; its numbers, device and dates are that run's" for r in reused],
+                  "", "Copied in by `run --reuse` (`dfmlbench/reuse.py`) instead of being run again."]
     if report.figures:
         lines += ["", "## Figures", ""]
         for path, caption in report.figures:
