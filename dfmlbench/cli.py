@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="a suite's cells, their status in --out, the pools they need and "
                                        "their estimated cost; runs nothing")
     _add_cell_arguments(plan)
+    plan.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
+                      help="as run --reuse: show which cells it would copy in (status reusable)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     pool = sub.add_parser("pool", help="the teacher pools a suite uses: their regime (how far the teachers "
@@ -124,10 +126,11 @@ def _resolved_cells(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
+    from dfmlbench.reuse import ReuseIndex
     from dfmlbench.status import plan, plan_json, plan_table
 
     suite, config, cells = _resolved_cells(args)
-    planned = plan(cells, Path(args.out))
+    planned = plan(cells, Path(args.out), ReuseIndex(args.reuse) if args.reuse else None)
     data_root = config["runtime"]["data_root"]
     if args.json:
         print(json.dumps(plan_json(planned, data_root), indent=1))

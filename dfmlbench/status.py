@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dfmlbench.config import config_hash
+from dfmlbench.config import computation_key
 from dfmlbench.data import load_dataset
 from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.errors import UserError
@@ -19,8 +19,9 @@ from dfmlbench.planning import Cell, cell_stem, unique_cells
 from dfmlbench.pool import MANIFEST, PoolSpec, cache_folder
 from dfmlbench.records import failed_path, finished_record, parse_record
 from dfmlbench.reporting.paper import paper_table
+from dfmlbench.reuse import ReuseIndex
 
-STATUSES = ("done", "running", "failed", "pending")
+STATUSES = ("done", "running", "failed", "reusable", "pending")
 
 
 def cell_status(stem: Path, cell: Cell, out_dir: Path) -> str:
@@ -46,17 +47,17 @@ class Estimate:
 
 
 def settings_key(config: dict[str, Any]) -> str:
-    """A cell's config hash with its seed left out: records of other seeds of the same settings
-    measure what this cell will cost."""
+    """What a cell computes with its seed left out: records of other seeds of the same settings,
+    under any suite or profile name, measure what this cell will cost."""
     unseeded = copy.deepcopy(config)
     unseeded.pop("seed", None)
-    return config_hash(unseeded)
+    return computation_key(unseeded)
 
 
-def measured_seconds(out_dir: Path) -> dict[str, list[float]]:
-    """Wall seconds of every finished record under `out_dir`, by settings key."""
+def measured_seconds(folders: list[Path]) -> dict[str, list[float]]:
+    """Wall seconds of every finished record under the records `folders`, by settings key."""
     found: dict[str, list[float]] = {}
-    for path in sorted(Path(out_dir).glob("*/*/*/*.json")):
+    for path in sorted(p for folder in folders for p in Path(folder).glob("*/*/*/*.json")):
         record, _ = parse_record(path)
         if not record or record.get("status") != "ok" or not isinstance(record.get("config"), dict):
             continue
@@ -129,13 +130,18 @@ class PlannedCell:
     estimate: Estimate
 
 
-def plan(cells: list[Cell], out_dir: Path) -> list[PlannedCell]:
-    measured = measured_seconds(out_dir)
+def plan(cells: list[Cell], out_dir: Path, reuse: ReuseIndex | None = None) -> list[PlannedCell]:
+    """Each distinct cell's status; with `reuse`, a cell not done here that a record under the
+    --reuse folders computed is "reusable" (`run --reuse` copies it in if it was made on this
+    run's data and pool, which `run` checks)."""
+    measured = measured_seconds([out_dir, *(reuse.folders if reuse is not None else [])])
     planned = []
     for cell in unique_cells(cells, out_dir):
         stem = cell_stem(out_dir, cell)
-        planned.append(PlannedCell(cell, stem, cell_status(stem, cell, out_dir), PoolNeed.of(cell),
-                                   estimate(cell, measured)))
+        status = cell_status(stem, cell, out_dir)
+        if status in ("pending", "failed") and reuse is not None and reuse.find(cell, lambda record: True):
+            status = "reusable"
+        planned.append(PlannedCell(cell, stem, status, PoolNeed.of(cell), estimate(cell, measured)))
     return planned
 
 
@@ -144,8 +150,9 @@ def plan_table(planned: list[PlannedCell], data_root: str | None) -> str:
     for index, p in enumerate(planned, 1):
         rows.append(f"| {index} | {p.cell.label} | {p.status} | {p.cell.hash} | {p.estimate.text()} | "
                     f"{p.estimate.source} |")
-    counts = ", ".join(f"{sum(p.status == s for p in planned)} {s}" for s in STATUSES)
-    todo = [p for p in planned if p.status != "done"]
+    counts = ", ".join(f"{sum(p.status == s for p in planned)} {s}" for s in STATUSES
+                       if s != "reusable" or any(p.status == s for p in planned))  # only with --reuse
+    todo = [p for p in planned if p.status not in ("done", "reusable")]
     known = [p.estimate.seconds for p in todo if p.estimate.seconds is not None]
     unknown = len(todo) - len(known)
     total = Estimate(sum(known), "") if known else Estimate(None, "")

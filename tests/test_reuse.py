@@ -105,3 +105,13 @@ def test_bad_reuse_arguments_are_one_line_errors(tmp_path):
                                "--out", tmp_path), "--reuse", "no such folder")
     assert_one_line_error(call("run", "--suite", "quickstart", *SMOKE, "--reuse", tmp_path, "--force",
                                "--out", tmp_path), "--reuse and --force")
+
+
+def test_plan_shows_the_cells_run_would_copy_in_and_estimates_from_them(computed, renamed_suite, tmp_path):
+    result = call("plan", "--suite", renamed_suite, "--profile", "smoke", "--method", "average", "free",
+                  "random", "--reuse", computed, "--out", tmp_path)
+    assert result.code == 0, result.err
+    rows = {line.split(" | ")[1]: line for line in result.out.splitlines() if line.startswith("| ")}
+    assert "| reusable |" in rows["free glyphs 5w1s seed 0"] and "measured (1 record)" in rows["free glyphs 5w1s seed 0"]
+    assert "| pending |" in rows["random glyphs 5w1s seed 0"]
+    assert "1 reusable" not in result.out and "2 reusable, 1 pending" in result.out
