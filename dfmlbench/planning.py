@@ -14,7 +14,7 @@ from dfmlbench.data.multidomain import MEMBERS as MULTIDOMAIN_MEMBERS
 from dfmlbench.errors import UserError
 from dfmlbench.method import Method
 from dfmlbench.methods import METHODS, create_method, free_settings
-from dfmlbench.pool import MIXED, MIXED_ARCHITECTURES
+from dfmlbench.pool import MIXED, MIXED_ARCHITECTURES, TWIN_SELECT, PoolSpec
 from dfmlbench.records import record_stem
 from dfmlbench.registry import did_you_mean
 
@@ -160,3 +160,20 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
         raise UserError(f"--shard {text!r} is not i/N with 1 <= i <= N (e.g. --shard 2/4)")
     return int(index), int(count)
+
+
+def pool_identity(cell: Cell, spec: PoolSpec) -> tuple[str, str, str]:
+    """What names one cached pool across cells: the dataset, its settings, the pool spec."""
+    return cell.dataset, repr(cell.config.get("dataset_settings")), repr(spec)
+
+
+def twinned_pools(cells: list[Cell]) -> frozenset[tuple[str, str, str]]:
+    """The cached pools of these cells whose twin (the same pool with the other `select`, as
+    table2's `free-official` uses) some other cell uses: one build fills both (`build_pool`)."""
+    specs = {}
+    for cell in cells:
+        if cell.method.uses_teachers and not cell.config["pool"].get("path"):
+            spec = PoolSpec.from_config(cell.config["pool"])
+            specs[pool_identity(cell, spec)] = spec
+    return frozenset(identity for identity, spec in specs.items()
+                     if (*identity[:2], repr(replace(spec, select=TWIN_SELECT[spec.select]))) in specs)

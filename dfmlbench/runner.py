@@ -23,7 +23,7 @@ from dfmlbench.method import RunContext
 from dfmlbench.data.facts import check_fit, measured_facts
 from dfmlbench.paths import cache_dir, check_writable_folder
 from dfmlbench.locks import claimed
-from dfmlbench.planning import Cell, cell_stem, unique_cells
+from dfmlbench.planning import Cell, cell_stem, pool_identity, twinned_pools, unique_cells
 from dfmlbench.pool import PoolSpec, check_pool_source, obtain_pool, planned_pool_key
 from dfmlbench.pool.pretrain import derive_seed
 from dfmlbench.records import CellRecord, device_name, environment, finished_record, method_label, write_record
@@ -54,8 +54,10 @@ def resolve_device(name: str) -> torch.device:
 class CellRunner:
     """Runs one cell: data, pool, fit (timed), meta-test on the shared episodes, record."""
 
-    def __init__(self, out_dir: Path, show_progress: bool | None = None, resume: bool = True) -> None:
+    def __init__(self, out_dir: Path, show_progress: bool | None = None, resume: bool = True,
+                 twinned: frozenset[tuple[str, str, str]] = frozenset()) -> None:
         self.out_dir = Path(out_dir)
+        self.twinned = twinned  # pools whose `select` twin the run also uses (`twinned_pools`)
         self.show_progress = show_progress
         self.resume = resume  # False (--force): checkpoints of earlier attempts are not resumed from
 
@@ -89,7 +91,8 @@ class CellRunner:
             events.stage("pool", teachers=spec.num_teachers)
             with self._bar(total=spec.num_teachers, desc="teacher pool") as bar:
                 t0 = time.perf_counter()
-                pool = obtain_pool(dataset, spec, device, lambda done, total: bar.update(1))
+                pool = obtain_pool(dataset, spec, device, lambda done, total: bar.update(1),
+                                   fill_twin=pool_identity(cell, spec) in self.twinned)
                 pool_seconds = time.perf_counter() - t0
             pool_info = {"key": pool.key, "path": str(pool.path), "num_teachers": len(pool),
                          "architectures": pool.architectures,
@@ -226,8 +229,8 @@ def adopt_reusable(cells: list[Cell], out_dir: Path, reuse: ReuseIndex,
 def run_cells(cells: list[Cell], out_dir: Path, force: bool = False,
               show_progress: bool | None = None, reuse: ReuseIndex | None = None) -> list[Outcome]:
     """Each cell's outcome: run, or skipped as recorded here (or copied in from `reuse`)."""
-    runner = CellRunner(out_dir, show_progress, resume=not force)
     cells = unique_cells(cells, out_dir)
+    runner = CellRunner(out_dir, show_progress, resume=not force, twinned=twinned_pools(cells))
     stems = [cell_stem(out_dir, cell) for cell in cells]
     expected = preflight(cells, out_dir)
     adopted = adopt_reusable(cells, out_dir, reuse, expected) if reuse is not None else set()

@@ -15,7 +15,7 @@ from dfmlbench.data import load_dataset
 from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.errors import UserError
 from dfmlbench.locks import is_held
-from dfmlbench.planning import Cell, cell_stem, unique_cells
+from dfmlbench.planning import Cell, cell_stem, twinned_pools, unique_cells
 from dfmlbench.pool import MANIFEST, PoolSpec, cache_folder
 from dfmlbench.records import failed_path, finished_record, parse_record
 from dfmlbench.reporting.paper import paper_table
@@ -164,6 +164,9 @@ def plan_table(planned: list[PlannedCell], data_root: str | None) -> str:
     if pools:
         lines += ["", "Teacher pools (built once, before their cells):"]
         lines += [f"- {need.label}: {need.state(data_root)}" for need in pools]
+        if twinned_pools([p.cell for p in planned]):
+            lines.append("  (pools that differ only in which epoch's weights they keep come from one training "
+                         "run: the first one built fills the other)")
     if planned:
         lines += ["", f"Records: {planned[0].stem.parents[1]}/<method>/<dataset>-<way>w<shot>s-seed<seed>-<hash>.json"]
     return "\n".join(lines)

@@ -1,11 +1,14 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from dfmlbench.errors import UserError
-from dfmlbench.pool import PoolSpec, build_pool, load_pool, obtain_pool, pool_key
+from dfmlbench.config import load_suite, resolve
+from dfmlbench.planning import expand_cells, twinned_pools
+from dfmlbench.pool import PoolSpec, build_pool, cache_folder, load_pool, obtain_pool, pool_key
 from dfmlbench.pool.pretrain import PretrainSettings, pretrain_teacher, split_train_heldout, teacher_classes
 from dfmlbench.pool.store import MANIFEST
 
@@ -61,6 +64,36 @@ def test_select_best_keeps_the_best_epoch_and_final_the_last(glyphs):
     assert best.heldout_acc == final.heldout_acc  # the quirk records the best epoch's accuracy
     if best.best_epoch != 3:  # the weights differ exactly when the best epoch was not the last
         assert not torch.equal(best.state["classifier.weight"], final.state["classifier.weight"])
+
+
+def test_one_build_fills_the_select_twin_as_its_own_build_would(glyphs, tmp_path):
+    spec = PoolSpec(num_teachers=2, epochs=2, seed=11)
+    twin = replace(spec, select="final")
+    obtain_pool(glyphs, spec, fill_twin=True)  # the best pool's build fills the final one
+    build_pool(glyphs, twin, tmp_path)  # the twin built on its own, for comparison
+    filled = json.loads((cache_folder(glyphs, twin) / MANIFEST).read_text())
+    own = json.loads((tmp_path / MANIFEST).read_text())
+    assert filled["key"] == own["key"] == pool_key(glyphs, twin)
+    assert [t["sha256"] for t in filled["teachers"]] == [t["sha256"] for t in own["teachers"]]
+    trained = []
+    obtain_pool(glyphs, twin, on_teacher=lambda done, total: trained.append(done))
+    assert trained == []  # nothing left to train
+
+
+def test_a_twin_ahead_of_the_build_is_left_alone(glyphs):
+    spec = PoolSpec(num_teachers=1, epochs=1, seed=12)
+    twin = replace(spec, select="final", num_teachers=2)
+    obtain_pool(glyphs, twin)
+    before = (cache_folder(glyphs, twin) / MANIFEST).read_text()
+    obtain_pool(glyphs, spec, fill_twin=True)
+    assert (cache_folder(glyphs, twin) / MANIFEST).read_text() == before
+
+
+def test_a_suite_with_both_selects_builds_its_pool_once():
+    cells = expand_cells(resolve(load_suite("table2"), "smoke", []), ["free", "free-official", "average"])
+    twinned = twinned_pools(cells)
+    assert len(twinned) == 2  # the best pool and the final one, each the other's twin
+    assert not twinned_pools([c for c in cells if c.method.name != "free-official"])
 
 
 def test_second_request_hits_the_cache_and_smaller_pools_are_prefixes(glyphs, tiny_pool):

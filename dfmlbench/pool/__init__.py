@@ -22,10 +22,10 @@ from dfmlbench import __version__
 from dfmlbench.data.base import ImageDataset
 from dfmlbench.data.multidomain import DomainTeacher, MultiDomainDataset
 from dfmlbench.errors import UserError, note
-from dfmlbench.locks import exclusive
+from dfmlbench.locks import claimed, exclusive
 from dfmlbench.models import ARCHITECTURES
-from dfmlbench.pool.pretrain import (PretrainSettings, derive_seed, pretrain_teacher, split_train_heldout,
-                                     teacher_classes)
+from dfmlbench.pool.pretrain import (PretrainSettings, TrainedTeacher, derive_seed, pretrain_teacher_both,
+                                     split_train_heldout, teacher_classes)
 from dfmlbench.pool.regime import REGIME_FIELD, initial_state, steps_taken, teacher_regime
 from dfmlbench.pool.store import (FORMAT, FORMAT_VERSION, MANIFEST, Teacher, TeacherPool, pool_error,
                                   check_teacher_file, load_pool, manifest_key, pools_root, read_manifest,
@@ -35,6 +35,7 @@ from dfmlbench.registry import did_you_mean
 POOL_CODE_VERSION = 1  # bump when pre-training code changes what it produces
 MIXED = "mix"  # pool.arch: each teacher's architecture drawn (seeded) from MIXED_ARCHITECTURES
 MIXED_ARCHITECTURES = ("conv4", "resnet10", "resnet18")  # Table 4 (free.md §10)
+TWIN_SELECT = {"best": "final", "final": "best"}  # pools that one training run fills both of
 
 
 @dataclass(frozen=True)
@@ -99,36 +100,69 @@ def _new_manifest(dataset: ImageDataset, spec: PoolSpec, key: str) -> dict[str, 
 
 def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
                device: torch.device | str = "cpu",
-               on_teacher: Callable[[int, int], None] | None = None) -> None:
+               on_teacher: Callable[[int, int], None] | None = None, fill_twin: bool = False) -> None:
     """Pre-train teachers until `folder` holds `spec.num_teachers`; each finished teacher is
-    committed (weights, then manifest) at once, so a killed build loses at most one teacher."""
-    key = pool_key(dataset, spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / MANIFEST).is_file():
-        manifest = read_manifest(folder, dataset)
-        _check_cached_key(folder, manifest, key)
-    else:
-        manifest = _new_manifest(dataset, spec, key)
+    committed (weights, then manifest) at once, so a killed build loses at most one teacher.
+    `fill_twin`: each teacher also goes to the cached pool that differs only in `select` (the
+    same training run kept the other way), when that pool holds exactly the teachers before it
+    and no other process is building it."""
+    manifest = _open_manifest(dataset, spec, folder)
+    twin_spec = replace(spec, select=TWIN_SELECT[spec.select])
+    twin_folder = cache_folder(dataset, twin_spec) if fill_twin else None
     train_classes = dataset.splits["train"]
     trained_on = run_facts(device)
     for index in range(len(manifest["teachers"]), spec.num_teachers):
         started = time.perf_counter()
         classes = teacher_classes(train_classes, spec.way, spec.seed, index)
         arch = spec.arch_of(index)
-        trained = pretrain_teacher(dataset, classes, arch, spec.settings(),
-                                   derive_seed("teacher", spec.seed, index), device)
-        file_name, sha = write_teacher(folder, index, trained.state)
-        initial = initial_state(arch, spec.way, dataset.image_size, dataset.channels, spec.seed, index)
-        manifest["teachers"].append({
-            "file": file_name, "arch": arch, "class_ids": classes,
-            "class_names": [dataset.class_names[c] for c in classes],
-            "heldout_acc": trained.heldout_acc, "best_epoch": trained.best_epoch,
-            "train_seconds": round(time.perf_counter() - started, 3), "sha256": sha,
-            "trained_on": trained_on, REGIME_FIELD: teacher_regime(trained.state, initial, trained.steps),
-        })
-        write_manifest(folder, manifest)
+        both = pretrain_teacher_both(dataset, classes, arch, spec.settings(),
+                                     derive_seed("teacher", spec.seed, index), device)
+        facts = {"arch": arch, "class_ids": classes, "class_names": [dataset.class_names[c] for c in classes],
+                 "train_seconds": round(time.perf_counter() - started, 3), "trained_on": trained_on}
+        _commit_teacher(dataset, spec, folder, manifest, index, both[spec.select], facts)
+        if twin_folder is not None:
+            _fill_twin(dataset, twin_spec, twin_folder, index, both[twin_spec.select], facts)
         if on_teacher is not None:
             on_teacher(index + 1, spec.num_teachers)
+
+
+
+def _open_manifest(dataset: ImageDataset, spec: PoolSpec, folder: Path) -> dict[str, Any]:
+    """`folder`'s manifest (checked to hold this pool), or a new one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = pool_key(dataset, spec)
+    if not (folder / MANIFEST).is_file():
+        return _new_manifest(dataset, spec, key)
+    manifest = read_manifest(folder, dataset)
+    _check_cached_key(folder, manifest, key)
+    return manifest
+
+
+def _commit_teacher(dataset: ImageDataset, spec: PoolSpec, folder: Path, manifest: dict[str, Any], index: int,
+                    trained: TrainedTeacher, facts: dict[str, Any]) -> None:
+    """Teacher `index`'s weights, then its manifest entry (with its regime indicators)."""
+    file_name, sha = write_teacher(folder, index, trained.state)
+    initial = initial_state(facts["arch"], spec.way, dataset.image_size, dataset.channels, spec.seed, index)
+    manifest["teachers"].append({
+        "file": file_name, "arch": facts["arch"], "class_ids": facts["class_ids"],
+        "class_names": facts["class_names"], "heldout_acc": trained.heldout_acc, "best_epoch": trained.best_epoch,
+        "train_seconds": facts["train_seconds"], "sha256": sha, "trained_on": facts["trained_on"],
+        REGIME_FIELD: teacher_regime(trained.state, initial, trained.steps),
+    })
+    write_manifest(folder, manifest)
+
+
+def _fill_twin(dataset: ImageDataset, spec: PoolSpec, folder: Path, index: int, trained: TrainedTeacher,
+               facts: dict[str, Any]) -> None:
+    with claimed(folder, pools_root()) as mine:  # never wait: its own builder may hold it
+        if not mine:
+            return
+        try:
+            manifest = _open_manifest(dataset, spec, folder)
+        except UserError:  # a damaged or foreign twin: its own build says so when it is used
+            return
+        if len(manifest["teachers"]) == index:
+            _commit_teacher(dataset, spec, folder, manifest, index, trained, facts)
 
 
 def backfill_regime(dataset: ImageDataset, spec: PoolSpec, folder: Path) -> None:
@@ -201,10 +235,11 @@ def planned_pool_key(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec)
 
 
 def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, device: torch.device | str = "cpu",
-                on_teacher: Callable[[int, int], None] | None = None) -> TeacherPool:
-    """The pool a run uses: `spec.path` when given, else the cache (built or extended as needed)."""
+                on_teacher: Callable[[int, int], None] | None = None, fill_twin: bool = False) -> TeacherPool:
+    """The pool a run uses: `spec.path` when given, else the cache (built or extended as needed;
+    `fill_twin`: see `build_pool`)."""
     if isinstance(dataset, MultiDomainDataset):
-        return _multidomain_pool(dataset, spec, device, on_teacher)
+        return _multidomain_pool(dataset, spec, device, on_teacher, fill_twin)
     if spec.path:
         return load_pool(Path(spec.path).expanduser(), spec.num_teachers, device, dataset=dataset)
     key = pool_key(dataset, spec)
@@ -212,7 +247,7 @@ def obtain_pool(dataset: ImageDataset | MultiDomainDataset, spec: PoolSpec, devi
     with exclusive(folder, pools_root(), f"the teacher pool {folder.name}"):  # one builder, however many jobs
         have = len(read_manifest(folder, dataset)["teachers"]) if (folder / MANIFEST).is_file() else 0
         if have < spec.num_teachers:
-            build_pool(dataset, spec, folder, device, on_teacher)
+            build_pool(dataset, spec, folder, device, on_teacher, fill_twin)
         backfill_regime(dataset, spec, folder)
     pool = load_pool(folder, spec.num_teachers, device, key, dataset)
     pool.metadata["training_note"] = _note_training(pool)
@@ -297,12 +332,12 @@ def _combined_key(keys: dict[int, str]) -> str:
 
 
 def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.device | str,
-                      on_teacher: Callable[[int, int], None] | None) -> TeacherPool:
+                      on_teacher: Callable[[int, int], None] | None, fill_twin: bool) -> TeacherPool:
     """Teacher i comes from domain d(i), drawn from (seed, i) alone, and is the next teacher of
     that domain's own cached pool (trained on its images at its size and statistics); it is
     wrapped to take the shared image space, and its class ids move into the shared label space."""
     picks, counts = _domain_picks(data, spec), domain_pool_counts(data, spec)
-    pools = {d: obtain_pool(data.domains[d].source, replace(spec, num_teachers=count), device)
+    pools = {d: obtain_pool(data.domains[d].source, replace(spec, num_teachers=count), device, fill_twin=fill_twin)
              for d, count in enumerate(counts) if count}
     done = 0
     teachers = []
@@ -325,5 +360,5 @@ def _multidomain_pool(data: MultiDomainDataset, spec: PoolSpec, device: torch.de
                         "regime": {data.domains[d].name: p.metadata.get("regime") for d, p in pools.items()}})
 
 
-__all__ = ["PoolSpec", "Teacher", "TeacherPool", "backfill_regime", "build_pool", "cache_folder",
+__all__ = ["TWIN_SELECT", "PoolSpec", "Teacher", "TeacherPool", "backfill_regime", "build_pool", "cache_folder",
            "check_pool_source", "domain_pool_counts", "load_pool", "obtain_pool", "planned_pool_key", "pool_key"]

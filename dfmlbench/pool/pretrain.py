@@ -87,6 +87,15 @@ class TrainedTeacher:
 def pretrain_teacher(dataset: ImageDataset, class_ids: list[int], arch: str,
                      settings: PretrainSettings, seed: int,
                      device: torch.device | str = "cpu") -> TrainedTeacher:
+    return pretrain_teacher_both(dataset, class_ids, arch, settings, seed, device)[settings.select]
+
+
+def pretrain_teacher_both(dataset: ImageDataset, class_ids: list[int], arch: str,
+                          settings: PretrainSettings, seed: int,
+                          device: torch.device | str = "cpu") -> dict[str, TrainedTeacher]:
+    """One training run, kept both ways: "best" (the best held-out epoch's weights) and
+    "final" (the last epoch's). `settings.select` does not change the training, so one run
+    gives both pools' teacher (a suite that uses both builds it once)."""
     generator = torch.Generator().manual_seed(seed)
     model = build_model(arch, len(class_ids), dataset.image_size, dataset.channels,
                         generator=generator).to(device)
@@ -112,10 +121,12 @@ def pretrain_teacher(dataset: ImageDataset, class_ids: list[int], arch: str,
         acc = heldout_accuracy(model, x_held, y_held)
         if acc > best_acc:
             best_acc, best_epoch, best_steps = acc, epoch, steps
-            if settings.select == "best":
-                best_state = copy.deepcopy(model.state_dict())
-    # select="final" reproduces the official bug (tools.py:440): the saved state aliases the
-    # live weights, so it holds the last epoch while the recorded accuracy is the best epoch's.
-    state = best_state if settings.select == "best" else model.state_dict()
-    return TrainedTeacher({k: v.detach().cpu().contiguous() for k, v in state.items()},
-                          best_acc, best_epoch, best_steps if settings.select == "best" else steps)
+            best_state = copy.deepcopy(model.state_dict())
+
+    def kept(state: dict[str, torch.Tensor], kept_steps: int) -> TrainedTeacher:
+        return TrainedTeacher({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                              best_acc, best_epoch, kept_steps)
+
+    # "final" reproduces the official bug (tools.py:440): the saved state aliases the live
+    # weights, so it holds the last epoch while the recorded accuracy is the best epoch's.
+    return {"best": kept(best_state, best_steps), "final": kept(model.state_dict(), steps)}
