@@ -131,9 +131,9 @@ def test_reports_name_each_pool_with_its_regime_once():
     summary = {"teachers": 2, "norm_ratio_mean": 1.2345, "pairwise_cosine_mean": 0.00123,
                "steps": {"mean": 21.4, "min": 7, "max": 40}}
 
-    def record(key, regime, select="best", dataset="omniglot"):
+    def record(key, regime, select="best", dataset="omniglot", teachers=2):
         return {"dataset": dataset, "config": {"pool": {"select": select}},
-                "pool": {"key": key, "num_teachers": 2, "mean_heldout_acc": 98.56, "regime": regime}}
+                "pool": {"key": key, "num_teachers": teachers, "mean_heldout_acc": 98.56, "regime": regime}}
 
     rows = pool_rows([record("a", None), record("a", summary), record("b", None, "final"), {"pool": None},
                       record("m", {"omniglot": summary, "glyphs": None}, dataset="mix-small")])
@@ -144,3 +144,6 @@ def test_reports_name_each_pool_with_its_regime_once():
     assert body[2].startswith("| omniglot | `b` | final epoch | 2 | 98.6% | not recorded")
     assert all(row.count("|") == rows[0].count("|") for row in rows)
     assert pool_rows([{"pool": None}]) == []
+    # a smaller pool of one key (fig6's sizes) is a pool of its own, with its own regime
+    sizes = pool_rows([record("a", summary, teachers=10), record("a", summary, teachers=5)])[2:]
+    assert [row.split(" | ")[3] for row in sizes] == ["5", "10"]

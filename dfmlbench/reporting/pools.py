@@ -12,21 +12,23 @@ HEADER = ["| dataset | pool | weights kept | teachers | held-out accuracy | opti
 
 
 def pool_rows(records: Iterable[dict[str, Any]]) -> list[str]:
-    """One markdown row per pool key (its regime from any record of it that carries one);
-    [] when no record used teachers."""
-    pools: dict[str, tuple[str, dict[str, Any]]] = {}
-    regimes: dict[str, dict[str, Any]] = {}
+    """One markdown row per pool (key and size: a smaller pool is a prefix of a bigger one, with
+    its own regime), the regime from any record of it that carries one; [] when no record used
+    teachers."""
+    pools: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
+    regimes: dict[tuple[str, int], dict[str, Any]] = {}
     for record in records:
         pool = record.get("pool")
         if not pool:
             continue
         kept = f"{record['config']['pool']['select']} epoch"
-        pools.setdefault(pool["key"], (record["dataset"], {**pool, "kept": kept}))
+        which = (pool["key"], pool["num_teachers"])
+        pools.setdefault(which, (record["dataset"], {**pool, "kept": kept}))
         if pool.get("regime"):
-            regimes.setdefault(pool["key"], pool["regime"])
+            regimes.setdefault(which, pool["regime"])
     rows = []
-    for key, (dataset, pool) in sorted(pools.items(), key=lambda item: (item[1][0], item[0])):
-        regime = regimes.get(key)
+    for which, (dataset, pool) in sorted(pools.items(), key=lambda item: (item[1][0], *item[0])):
+        key, regime = which[0], regimes.get(which)
         held = f"{pool['mean_heldout_acc']:.1f}%"
         if regime is None:
             rows.append(f"| {dataset} | `{key}` | {pool['kept']} | {pool['num_teachers']} | {held} | not recorded (records older "

@@ -278,7 +278,8 @@ def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: 
         lines += ["", "## Teacher pools", "", *pools, "", POOLS_CAPTION]
     if reused:
         lines += ["", "## Reused records", "",
-                  *[f"- {r['method']} {r['dataset']} {r['way']}w{r['shot']}s seed {r['seed']}: computed as "
+                  *[f"- {r['method']} {r['dataset']} {r['way']}w{r['shot']}s seed {r['seed']}"
+                    + "".join(f" {key}={value}" for key, value in (r.get("sweep") or {}).items()) + ": computed as "
                     f"{reused_label(r)} (record {r['reused_from']['config_hash']}), the same config but the "
                     "names; its numbers, device and dates are that run's" for r in reused],
                   "", "Copied in by `run --reuse` (`dfmlbench/reuse.py`) instead of being run again."]
