@@ -126,7 +126,6 @@ def build_pool(dataset: ImageDataset, spec: PoolSpec, folder: Path,
             on_teacher(index + 1, spec.num_teachers)
 
 
-
 def _open_manifest(dataset: ImageDataset, spec: PoolSpec, folder: Path) -> dict[str, Any]:
     """`folder`'s manifest (checked to hold this pool), or a new one."""
     folder.mkdir(parents=True, exist_ok=True)
