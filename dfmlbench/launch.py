@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ class PoolJob:
     download: bool
     device: str
     options: tuple[tuple[str, Any], ...] = ()  # the dataset's settings
+    fill_twin: bool = False  # also fill the pool that differs only in `select` (`build_pool`)
 
     def __call__(self) -> str:
         from dfmlbench.data import load_dataset
@@ -109,8 +110,10 @@ class PoolJob:
         from dfmlbench.runner import resolve_device
 
         dataset = load_dataset(self.dataset, self.data_root, self.download, dict(self.options))
-        pool = obtain_pool(dataset, PoolSpec.from_config(dict(self.pool)), resolve_device(self.device))
-        return f"pool {pool.key}: {len(pool)} teachers at {pool.path}"
+        pool = obtain_pool(dataset, PoolSpec.from_config(dict(self.pool)), resolve_device(self.device),
+                           fill_twin=self.fill_twin)
+        twin = " (and its select twin)" if self.fill_twin else ""
+        return f"pool {pool.key}{twin}: {len(pool)} teachers at {pool.path}"
 
     def checkpoint(self) -> Any:
         import submitit
@@ -186,17 +189,22 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
     if analyses:
         results += _submit(executor(args.launcher, folder / "%j", launcher, name), "analysis", folder, local,
                            [(a.label, AnalysisJob(selection, a.hash, str(out), args.force)) for a in analyses])[1]
+    pool_jobs: dict[Any, Any] = {}  # pool need -> the job that builds it (and fills its twin)
     for need, members in groups.items():
         ex = executor(args.launcher, folder / "%j", launcher, name)
-        if need is not None and need.state(runtime["data_root"]) != "built":
+        twin = _select_twin(need) if need is not None else None
+        pool_job = pool_jobs.get(twin)  # a twin's build fills this pool too: no second training run
+        if pool_job is None and need is not None and need.state(runtime["data_root"]) != "built":
             pool = PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())), data_root or runtime["data_root"],
-                           bool(runtime.get("download")), runtime["device"], need.options)
+                           bool(runtime.get("download")), runtime["device"], need.options, fill_twin=twin in groups)
             # locally (no dependencies) the pool is built first; on Slurm its cells start when the
             # pool job ends (afterany: a cell completes a failed build itself, under the lock)
-            (pool_job,), _ = _submit(ex, "pool", folder, local, [(f"pool {need.label}", pool)])
-            if not local:
-                ex.update_parameters(additional_parameters={**dict(launcher["slurm"]),
-                                                            "dependency": f"afterany:{pool_job.job_id}"})
+            what = f"pool {need.label}" + (f" (also fills the {twin.spec.select} epoch's pool)" if pool.fill_twin else "")
+            (pool_job,), _ = _submit(ex, "pool", folder, local, [(what, pool)])
+            pool_jobs[need] = pool_job
+        if pool_job is not None and not local:
+            ex.update_parameters(additional_parameters={**dict(launcher["slurm"]),
+                                                        "dependency": f"afterany:{pool_job.job_id}"})
         jobs = [(p.cell.label, CellJob(selection, p.cell.method.name, p.cell.hash, str(out), args.force))
                 for p in members]
         wave = launcher["array_parallelism"] if local else len(jobs)  # locally, that many processes at once
@@ -207,6 +215,13 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
               "the same command again resubmits what is not done")
         return 0
     return 1 if any(error for _, error in results) else 0
+
+
+def _select_twin(need: Any) -> Any:
+    """The same pool need with the other `select` (table2's free-official keeps the last epoch's
+    weights of the teachers whose best epoch's weights the other methods use)."""
+    from dfmlbench.pool import TWIN_SELECT
+    return replace(need, spec=replace(need.spec, select=TWIN_SELECT[need.spec.select]))
 
 
 def _submit(ex: Any, kind: str, folder: Path, local: bool,

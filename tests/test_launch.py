@@ -164,3 +164,19 @@ def test_local_launcher_runs_a_suite_s_analyses_as_jobs(tmp_path, glyphs):
     assert list(tmp_path.glob("fig4/smoke/analysis-teacher-features/*.json"))
     assert "ran: teacher-features" in result.out
     assert "nothing to submit" in call("run", *args).out
+
+
+def test_slurm_launcher_builds_select_twins_in_one_pool_job(tmp_path, glyphs, monkeypatch):
+    bin_folder = _fake_slurm(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DFMLBENCH_CACHE", str(tmp_path / "cache"))
+    result = call("run", "--suite", "table2", "--profile", "smoke", "--method", "average", "free-official",
+                  "--out", tmp_path / "runs", "--launcher", "slurm")
+    assert result.code == 0, result.out + result.err
+    launches = [json.loads(line) for line in (tmp_path / "runs" / "jobs" / "launches.jsonl").read_text().splitlines()]
+    pool_ids = [line["job_id"] for line in launches if line["kind"] == "pool"]
+    assert len(pool_ids) == 1  # average's best-epoch pool and free-official's final-epoch one: one training run
+    cell_scripts = [p.read_text() for p in sorted(bin_folder.glob("submitted-*.sbatch"))][1:]
+    assert len(cell_scripts) == 2
+    assert all(f"#SBATCH --dependency=afterany:{pool_ids[0]}" in script for script in cell_scripts)
+    assert "also fills the" in result.out and "epoch's pool" in result.out
