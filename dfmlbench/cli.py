@@ -311,10 +311,9 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = resolve(suite, args.profile, [parse_assignment(a) for a in args.assignments])
     out = Path(args.out or f"reports/{suite.name}-{config['profile']}")
     check_writable_folder(out, "report --out")
-    run_argv = ["run", "--suite", args.suite, "--profile", config["profile"],
-                *[f"--set={a}" for a in args.assignments], "--out", args.runs]
+    run_args = ["--suite", args.suite, "--profile", config["profile"], *[f"--set={a}" for a in args.assignments]]
     report = make_report(suite, config, Path(args.runs), out, "python -m dfmlbench " + shlex.join(argv),
-                         "python -m dfmlbench " + shlex.join(run_argv), args.fit_shot)
+                         run_args, args.fit_shot)
     if report.table is not None:
         print(to_markdown(report.table), end="")
     for path, _ in report.figures:

@@ -74,6 +74,9 @@ def test_an_lr_grid_without_refitting_matches_a_run_with_it_and_reports(fitted, 
     assert report.code == 0, report.err
     table = (tmp_path / "report" / "table.csv").read_text()
     assert "Average" in table and "FREE" in table
+    readme = (tmp_path / "report" / "README.md").read_text()  # names the command that wrote its records
+    assert f"dfmlbench evaluate --suite quickstart --profile smoke '--set={GRID}' --runs {fitted}" in readme
+    assert "dfmlbench run " not in readme
 
 
 def test_learners_fitted_at_one_shot_test_at_five(fitted, tmp_path):

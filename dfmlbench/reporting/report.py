@@ -49,7 +49,9 @@ class Report:
 
 
 def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: Path,
-                command: str, run_command: str, fit_shot: int | None = None) -> Report:
+                command: str, run_args: list[str], fit_shot: int | None = None) -> Report:
+    """`run_args`: the suite, profile and --set arguments that select the records, for the
+    README's "made by" command."""
     layout = suite.report
     figures = list(layout.get("figures") or [])
     for kind in figures:
@@ -85,7 +87,7 @@ def make_report(suite: Suite, config: dict[str, Any], runs_dir: Path, out_dir: P
         write_bytes_atomic(report.out_dir / PAIRED_FILE, paired_markdown(report.comparisons).encode())
     for kind in figures:
         report.figures += FIGURE_BUILDERS[kind](results, analyses, report.out_dir)
-    write_readme(report, suite, config, command, run_command)
+    write_readme(report, suite, config, command, made_by(report, run_args, runs_dir))
     return report
 
 
@@ -245,10 +247,19 @@ FIGURE_BUILDERS: dict[str, Callable[[Results, list[FoundAnalysis], Path], list[t
 }
 
 
+def made_by(report: Report, run_args: list[str], runs_dir: Path) -> str:
+    """The command that wrote the report's records: `run`, or `evaluate` where they re-test
+    learners that `run` fitted under another protocol (e.g. protocol.lr_grid)."""
+    if any(r.get("evaluation_of") for r in report.records):
+        argv = ["evaluate", *run_args, "--runs", str(runs_dir), "--out", str(runs_dir)]
+    else:
+        folders = dict.fromkeys(r["reused_from"]["folder"] for r in report.records if reused_label(r))
+        argv = ["run", *run_args, "--out", str(runs_dir), *[a for folder in folders for a in ("--reuse", folder)]]
+    return "python -m dfmlbench " + shlex.join(argv)
+
+
 def write_readme(report: Report, suite: Suite, config: dict[str, Any], command: str, run_command: str) -> None:
     reused = [r for r in report.records if reused_label(r)]
-    run_command += "".join(f" --reuse {shlex.quote(folder)}"
-                           for folder in dict.fromkeys(r["reused_from"]["folder"] for r in reused))
     lines = [f"# {suite.name} ({config['profile']} profile)", "", suite.description, "",
              "Records made by, and report made from them by:", "", "```", run_command, command, "```", "",
              f"- Profile: `{config['profile']}`; only records of this profile and configuration are used.",
