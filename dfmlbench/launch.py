@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,7 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
     pool_jobs: dict[Any, Any] = {}  # pool need -> the job that builds it (and fills its twin)
     for need, members in groups.items():
         ex = executor(args.launcher, folder / "%j", launcher, name)
-        twin = _select_twin(need) if need is not None else None
+        twin = need.select_twin() if need is not None else None
         pool_job = pool_jobs.get(twin)  # a twin's build fills this pool too: no second training run
         if pool_job is None and need is not None and need.state(runtime["data_root"]) != "built":
             pool = PoolJob(need.dataset, tuple(sorted(asdict(need.spec).items())), data_root or runtime["data_root"],
@@ -215,13 +215,6 @@ def launch(args: argparse.Namespace, config: dict[str, Any], cells: list[Any], a
               "the same command again resubmits what is not done")
         return 0
     return 1 if any(error for _, error in results) else 0
-
-
-def _select_twin(need: Any) -> Any:
-    """The same pool need with the other `select` (table2's free-official keeps the last epoch's
-    weights of the teachers whose best epoch's weights the other methods use)."""
-    from dfmlbench.pool import TWIN_SELECT
-    return replace(need, spec=replace(need.spec, select=TWIN_SELECT[need.spec.select]))
 
 
 def _submit(ex: Any, kind: str, folder: Path, local: bool,

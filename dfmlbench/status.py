@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from dfmlbench.data.multidomain import MultiDomainDataset
 from dfmlbench.errors import UserError
 from dfmlbench.locks import is_held
 from dfmlbench.planning import Cell, cell_stem, twinned_pools, unique_cells
-from dfmlbench.pool import MANIFEST, PoolSpec, cache_folder
+from dfmlbench.pool import MANIFEST, TWIN_SELECT, PoolSpec, cache_folder
 from dfmlbench.records import failed_path, finished_record, parse_record
 from dfmlbench.reporting.paper import paper_table
 from dfmlbench.reuse import ReuseIndex
@@ -94,6 +94,12 @@ class PoolNeed:
             return None
         options = tuple(sorted(cell.config.get("dataset_settings", {}).items()))
         return cls(cell.dataset, PoolSpec.from_config(cell.config["pool"]), options)
+
+    def select_twin(self) -> "PoolNeed":
+        """The same pool with the other `select` (table2's free-official keeps the last epoch's
+        weights of the teachers whose best epoch's weights the other methods use): one training
+        run fills both (`build_pool`)."""
+        return replace(self, spec=replace(self.spec, select=TWIN_SELECT[self.spec.select]))
 
     @property
     def label(self) -> str:
