@@ -22,7 +22,7 @@ PAPER_SUITES = ["table2", "table3", "table4", "table5", "fig4", "fig5", "fig6", 
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_every_profile_expands(name):
     suite = load_suite(name)
-    regimes = {"cpu-glyphs"} if name in ("table2", "table5") else set()  # the paper's teacher regime (issue 17)
+    regimes = {"cpu-glyphs"} if name in ("table2", "table5", "fig6") else set()  # the paper's teacher regime (issue 17)
     assert set(suite.profiles) == {"paper", "cpu", "smoke"} | regimes
     for profile in suite.profiles:
         config = resolve(suite, profile, [])
