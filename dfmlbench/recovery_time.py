@@ -1,9 +1,11 @@
 """The paper's Time column, measured over a short span and extrapolated to the paper budgets.
 
-    python -m dfmlbench.recovery_time [--sizes 32 84] [--span 3] [--device auto] [--out FILE]
+    python -m dfmlbench.recovery_time [--sizes 32 84] [--span 3] [--arch conv4] [--device auto] [--out FILE]
 
 Recovery cost does not depend on what the teachers learned, only on their architecture and the
-image size, so the teachers here are 100 freshly initialised Conv4 classifiers (eval mode).
+image size, so the teachers here are 100 freshly initialised classifiers (eval mode): Conv4, or
+with `--arch mix` Table 4's mixed pool (each teacher's architecture drawn as pool building draws
+it, pool seed 0), whose ResNet teachers make every unit dearer.
 Each method runs its own recovery code with its paper settings (FREE_5, FREE_2: one epoch =
 b=4 teachers x k steps; PURER: one pseudo-data update through 13 teachers; BiDf-MKD: one event
 = two 200-step generator trainings on 150 images), timed by the same `ctx.recovery()` clock as a
@@ -27,9 +29,9 @@ from dfmlbench.data.sources import IMAGENET_MEAN, IMAGENET_STD
 from dfmlbench.errors import UserError
 from dfmlbench.method import RunContext
 from dfmlbench.methods import METHODS, create_method
-from dfmlbench.models import build_model
+from dfmlbench.models import ARCHITECTURES, build_model
 from dfmlbench.paths import write_bytes_atomic
-from dfmlbench.pool import Teacher, TeacherPool
+from dfmlbench.pool import MIXED, MIXED_ARCHITECTURES, PoolSpec, Teacher, TeacherPool
 from dfmlbench.pool.pretrain import derive_seed, teacher_classes
 from dfmlbench.reporting.paper import paper_table
 
@@ -49,16 +51,20 @@ SMOKE = {
 }
 
 
-def untrained_pool(image_size: int, count: int, device: torch.device, train_classes: int = 64) -> TeacherPool:
-    """`count` freshly initialised Conv4 teachers of 5 classes each (as the paper's pools)."""
+def untrained_pool(image_size: int, count: int, device: torch.device, train_classes: int = 64,
+                   arch: str = "conv4") -> TeacherPool:
+    """`count` freshly initialised teachers of 5 classes each (as the paper's pools), of `arch`
+    or, for `mix`, of the architecture a mixed pool of seed 0 gives each index."""
+    spec = PoolSpec(arch=arch)
     teachers = []
     for index in range(count):
         generator = torch.Generator().manual_seed(derive_seed("timing-teacher", index))
-        model = build_model("conv4", 5, image_size, 3, generator=generator).to(device).eval()
+        arch_of_teacher = spec.arch_of(index)
+        model = build_model(arch_of_teacher, 5, image_size, 3, generator=generator).to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
         classes = teacher_classes(list(range(train_classes)), 5, 0, index)
-        teachers.append(Teacher(index, "conv4", model, classes, [str(c) for c in classes], 0.0, ""))
+        teachers.append(Teacher(index, arch_of_teacher, model, classes, [str(c) for c in classes], 0.0, ""))
     mean, std = NORMALISATION.get(image_size, NORMALISATION[84])
     return TeacherPool(teachers, "untrained", image_size, 3, mean, std, Path("."))
 
@@ -106,10 +112,14 @@ def recovering_methods() -> list[str]:
     return [e.name for e in METHODS if e.load().recovery_unit is not Method.recovery_unit]
 
 
-def report(measurements: list[Measurement], device: torch.device) -> str:
+def report(measurements: list[Measurement], device: torch.device, arch: str = "conv4") -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # Conv4 teachers are the paper's Table 2 pools; any other pool is named, its paper column being Table 2's.
+    teachers = "" if arch == "conv4" else (
+        f" with {arch} teachers" if arch != MIXED else f" with Table 4's mixed teachers ({', '.join(MIXED_ARCHITECTURES)})")
+    paper_note = "" if arch == "conv4" else " with Conv4 teachers"
     rows = [f"Recovery time extrapolated to the paper budgets, measured on {name} "
-            f"(torch {torch.__version__}); paper: one RTX 3090.", "",
+            f"(torch {torch.__version__}){teachers}; paper: one RTX 3090{paper_note}.", "",
             "| method | px | seconds / unit | units at paper budget | hours | paper hours | x FREE_5 | paper x FREE_5 |",
             "|---|---|---|---|---|---|---|---|"]
     for m in measurements:
@@ -131,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["free", "free-2", "purer", "bidf-mkd"],
                         choices=recovering_methods())
     parser.add_argument("--span", type=int, default=3, help="timed units per method (after one warm-up)")
+    parser.add_argument("--arch", default="conv4", choices=[*ARCHITECTURES, MIXED],
+                        help="the teachers' architecture; mix: Table 4's mixed pool")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -145,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     measurements = []
     for size in args.sizes:
-        pool = untrained_pool(size, 100, device)
+        pool = untrained_pool(size, 100, device, arch=args.arch)
         for name in args.methods:
             measurements.append(measure(name, pool, args.span, device, args.smoke))
             print(f"measured {name} at {size} px", file=sys.stderr, flush=True)
-    table = report(measurements, device)
+    table = report(measurements, device, args.arch)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,15 @@ def test_untrained_pool_matches_the_paper_pool_shape():
     assert not any(p.requires_grad for t in pool for p in t.model.parameters())
 
 
+def test_a_mixed_pool_draws_each_teachers_architecture_as_pool_building_does():
+    from dfmlbench.pool import PoolSpec
+    pool = untrained_pool(32, 12, torch.device("cpu"), arch="mix")
+    expected = [PoolSpec(arch="mix").arch_of(i) for i in range(12)]
+    assert [t.arch for t in pool] == expected and len(set(expected)) > 1
+    sizes = {t.arch: sum(p.numel() for p in t.model.parameters()) for t in pool}
+    assert len(set(sizes.values())) == len(sizes)  # each teacher built as its own architecture
+
+
 def test_units_at_paper_budget_follow_each_methods_paper_settings():
     pool = untrained_pool(32, 100, torch.device("cpu"))
     units = {name: measure(name, pool, 1, torch.device("cpu"), smoke=True)
@@ -46,8 +55,14 @@ def test_script_prints_hours_beside_the_paper_and_the_ratios(tmp_path, capsys):
     assert re.search(r"^\| purer \| 32 .* \| 11\.0 \|$", table, re.MULTILINE)  # 1.21 h / 0.11 h
 
 
+def test_the_table_names_a_pool_other_than_conv4(capsys):
+    assert main(["--smoke", "--span", "1", "--sizes", "32", "--methods", "purer", "--arch", "mix"]) == 0
+    assert "with Table 4's mixed teachers (conv4, resnet10, resnet18); paper: one RTX 3090 with Conv4 teachers" \
+        in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_2(capsys):
-    for argv in (["--span", "0"], ["--sizes", "30"], ["--device", "bogus"], ["--methods", "nope"],
+    for argv in (["--arch", "vgg"], ["--span", "0"], ["--sizes", "30"], ["--device", "bogus"], ["--methods", "nope"],
                  ["--methods", "average"]):  # recovers no data: no Time column
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
