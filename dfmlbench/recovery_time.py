@@ -114,10 +114,10 @@ def recovering_methods() -> list[str]:
 
 def report(measurements: list[Measurement], device: torch.device, arch: str = "conv4") -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    # Conv4 teachers are the paper's Table 2 pools; any other pool is named, its paper column being Table 2's.
-    teachers = "" if arch == "conv4" else (
-        f" with {arch} teachers" if arch != MIXED else f" with Table 4's mixed teachers ({', '.join(MIXED_ARCHITECTURES)})")
-    paper_note = "" if arch == "conv4" else " with Conv4 teachers"
+    teachers = paper_note = ""  # Conv4: the paper's Table 2 pools, whose hours the paper column holds
+    if arch != "conv4":
+        kind = f"Table 4's mixed teachers ({', '.join(MIXED_ARCHITECTURES)})" if arch == MIXED else f"{arch} teachers"
+        teachers, paper_note = f" with {kind}", " with Conv4 teachers"
     rows = [f"Recovery time extrapolated to the paper budgets, measured on {name} "
             f"(torch {torch.__version__}){teachers}; paper: one RTX 3090{paper_note}.", "",
             "| method | px | seconds / unit | units at paper budget | hours | paper hours | x FREE_5 | paper x FREE_5 |",
